@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* cmekd: the CMEK broker daemon. Socket-activated or standalone; one sd-event loop. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+
+#include "cmek-audit.h"
+#include "daemon.h"
+#include "policy.h"
+
+#define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
+#define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
+#define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
+
+static void help(void) {
+        printf("Usage: cmekd [OPTIONS]\n\n"
+               "The customer-managed encryption key broker.\n\n"
+               "  -h --help              Show this help\n"
+               "     --version           Show the version\n"
+               "     --state-dir DIR     Keep all state under DIR (default " DEFAULT_STATE_DIR ")\n"
+               "     --socket PATH       Listen on PATH instead of using socket activation\n"
+               "     --config FILE       Configuration file (default " DEFAULT_CONFIG ")\n"
+               "     --policy FILE       Policy file (default " DEFAULT_POLICY " if it exists;\n"
+               "                         without one only root may do anything)\n"
+               "     --log-level LEVEL   debug, info, notice, warning, err\n"
+               "     --test-hooks        Honour CMEKD_TEST_* variables (test builds only)\n\n"
+               "See cmekd(8).\n");
+}
+
+static int parse_argv(Manager *m, int argc, char *argv[]) {
+        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "socket", required_argument, NULL, ARG_SOCKET },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                { "policy", required_argument, NULL, ARG_POLICY },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "test-hooks", no_argument, NULL, ARG_TEST_HOOKS },
+                {}
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("cmekd " PACKAGE_VERSION "\n");
+                        return 0;
+                case ARG_STATE_DIR:
+                        free(m->state_dir);
+                        m->state_dir = strdup(optarg);
+                        break;
+                case ARG_SOCKET:
+                        m->socket_path = strdup(optarg);
+                        break;
+                case ARG_CONFIG:
+                        m->config_path = strdup(optarg);
+                        break;
+                case ARG_POLICY:
+                        m->policy_path = strdup(optarg);
+                        break;
+                case ARG_LOG_LEVEL: {
+                        static const char *const levels[] = { "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug" };
+                        size_t i;
+                        for (i = 0; i < ARRAY_SIZE(levels); i++)
+                                if (streq(optarg, levels[i]))
+                                        break;
+                        if (i == ARRAY_SIZE(levels))
+                                return log_error_errno(EINVAL, "Unknown log level '%s': use debug, info, notice, warning or err.", optarg);
+                        cmek_log_set_max_level((int) i);
+                        break;
+                }
+                case ARG_TEST_HOOKS:
+                        if (!ENABLE_TEST_HOOKS)
+                                return log_error_errno(EINVAL, "--test-hooks: this build was configured without --enable-test-hooks.");
+                        m->test_hooks = true;
+                        break;
+                default:
+                        return -EINVAL;
+                }
+        if (optind < argc)
+                return log_error_errno(EINVAL, "Unexpected argument '%s'; see cmekd --help.", argv[optind]);
+        return 1;
+}
+
+static void harden_process(void) {
+        struct rlimit rl = { 0, 0 };
+
+        /* No core dump may carry a DEK or a PIN. */
+        (void) setrlimit(RLIMIT_CORE, &rl);
+        if (!getenv("CMEKD_ALLOW_DUMP") || !ENABLE_TEST_HOOKS)
+                (void) prctl(PR_SET_DUMPABLE, 0);
+        /* Every page we will ever touch stays in RAM: secrets in json-c's or the token
+         * module's heap cannot reach swap. Needs CAP_IPC_LOCK or a large enough limit. */
+        if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0)
+                log_debug_errno(errno, "mlockall() failed, relying on per-buffer mlock: %m");
+        /* Many clients at once: raise the descriptor limit to the hard limit. */
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        (void) sd_notify(0, "RELOADING=1");
+        (void) manager_load_policy(m, true);
+        (void) sd_notify(0, "READY=1");
+        return 0;
+}
+
+static int manager_open_audit(Manager *m) {
+        _cleanup_free_ char *path = NULL;
+        CmekAudit *a = NULL;
+        int r;
+
+        if (asprintf(&path, "%s/audit.log", m->state_dir) < 0)
+                return -ENOMEM;
+        r = cmek_audit_open(path, &a);
+        if (r < 0)
+                return log_error_errno(r, "Failed to open the audit log '%s': %m", path);
+        m->audit = a;
+        return 0;
+}
+
+static int run(int argc, char *argv[]) {
+        Manager manager = {}, *m = &manager;
+        int r, n;
+
+        cmek_log_set_ident("cmekd");
+        m->state_dir = strdup(DEFAULT_STATE_DIR);
+        r = parse_argv(m, argc, argv);
+        if (r <= 0)
+                goto out;
+
+        harden_process();
+        umask(0077);
+        m->start_usec = cmek_now_usec();
+
+        r = cmek_mkdir_p(m->state_dir, 0700);
+        if (r < 0) {
+                log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
+                goto out;
+        }
+        if (!m->policy_path && access(DEFAULT_POLICY, F_OK) >= 0)
+                m->policy_path = strdup(DEFAULT_POLICY);
+        r = manager_load_policy(m, false);
+        if (r < 0)
+                goto out;
+        r = manager_open_audit(m);
+        if (r < 0)
+                goto out;
+
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                goto out;
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGHUP);
+        sigprocmask(SIG_BLOCK, &ss, NULL);
+        (void) signal(SIGPIPE, SIG_IGN);
+        (void) sd_event_add_signal(m->event, NULL, SIGTERM, NULL, NULL);
+        (void) sd_event_add_signal(m->event, NULL, SIGINT, NULL, NULL);
+        (void) sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
+        (void) sd_event_set_watchdog(m->event, true);
+
+        r = modules_init(m);
+        if (r < 0)
+                goto out;
+
+        if (m->socket_path) {
+                r = server_bind(m, m->socket_path);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to listen on '%s': %m", m->socket_path);
+                        goto out;
+                }
+        } else {
+                n = sd_listen_fds(true);
+                if (n < 0) {
+                        r = log_error_errno(n, "Failed to read the sockets passed by systemd: %m");
+                        goto out;
+                }
+                if (n == 0) {
+                        r = log_error_errno(EINVAL, "No socket passed by systemd and no --socket PATH given; "
+                                            "start cmekd through cmekd.socket or with --socket.");
+                        goto out;
+                }
+                for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; fd++) {
+                        r = server_listen(m, fd);
+                        if (r < 0)
+                                goto out;
+                }
+                m->n_listen_fds = (unsigned) n;
+        }
+
+        log_info("cmekd " PACKAGE_VERSION " ready, state in %s.", m->state_dir);
+        (void) sd_notifyf(0, "READY=1\nSTATUS=Serving keys from %s", m->state_dir);
+        r = sd_event_loop(m->event);
+        (void) sd_notify(0, "STOPPING=1\nSTATUS=Shutting down");
+out:
+        server_done(m);
+        events_done(m);
+        modules_done(m);
+        cmek_audit_close(m->audit);
+        policy_free(m->policy);
+        sd_event_unref(m->event);
+        free(m->state_dir);
+        free(m->socket_path);
+        free(m->config_path);
+        free(m->policy_path);
+        return r;
+}
+
+int main(int argc, char *argv[]) {
+        int r = run(argc, argv);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Internal declarations shared by the daemon's own files. */
+#pragma once
+
+#include "cmek-log.h"
+#include "manager.h"
+
+extern const Interface interface_varlink_service; /* org.varlink.service */
+extern const Interface interface_events;          /* io.cmek.Events */
+#include "modules.h"                               /* DAEMON_EXTRA_INTERFACES, module hooks */
+
+int server_listen(Manager *m, int fd);
+int server_bind(Manager *m, const char *path);
+void server_done(Manager *m);
+int send_json_error(Connection *c, const char *error, const char *message);
+const Interface *const *manager_interfaces(size_t *ret_n);
+
+int manager_load_policy(Manager *m, bool reload);
+void events_done(Manager *m);

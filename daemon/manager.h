@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The daemon's shared state and the API every method handler uses. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <json-c/json.h>
+#include <systemd/sd-event.h>
+
+#include "cmek-protocol.h"
+#include "cmek-util.h"
+
+typedef struct Manager Manager;
+typedef struct Call Call;
+typedef struct Connection Connection;
+typedef struct Policy Policy;           /* daemon/policy.h */
+typedef struct CmekAudit CmekAudit;     /* lib/cmek-audit.h */
+typedef struct VaultSet VaultSet;       /* daemon/vault.h */
+typedef struct KeyStore KeyStore;       /* daemon/key.h */
+typedef struct VolumeRegistry VolumeRegistry; /* daemon/volume.h */
+
+/* Who is calling, from SO_PEERCRED (+ supplementary groups from /proc or getgrouplist). */
+typedef struct Caller {
+        uid_t uid;
+        gid_t gid;
+        pid_t pid;
+        gid_t *groups;
+        size_t n_groups;
+} Caller;
+
+struct Manager {
+        sd_event *event;
+        char *state_dir;
+        char *socket_path;      /* NULL when socket-activated */
+        char *config_path;
+        char *policy_path;      /* NULL: only root may do anything */
+        bool test_hooks;        /* test-only env vars honoured (--enable-test-hooks build + flag) */
+
+        Policy *policy;
+        CmekAudit *audit;
+        VaultSet *vaults;
+        KeyStore *keys;
+        VolumeRegistry *volumes;
+
+        Connection *connections;
+        unsigned n_connections;
+        uint64_t start_usec;
+        unsigned n_listen_fds;
+};
+
+/* A method: reply through the call_* functions exactly once (call_reply_more any number
+ * of times before). A negative return without a reply becomes io.cmek.InternalError. */
+typedef int (*MethodHandler)(Manager *m, Call *c, json_object *params);
+
+typedef struct Method {
+        const char *name;       /* fully qualified, e.g. "io.cmek.Key.Create" */
+        MethodHandler handler;
+} Method;
+
+typedef struct Interface {
+        const char *name;        /* "io.cmek.Key" */
+        const char *description; /* Varlink IDL text returned by GetInterfaceDescription */
+        const Method *methods;   /* terminated by { NULL, NULL } */
+} Interface;
+
+/* --- replying --- */
+int call_reply(Call *c, json_object *params);                 /* takes ownership; NULL = {} */
+int call_reply_more(Call *c, json_object *params);            /* continues: true */
+int call_error(Call *c, const char *error, json_object *params); /* takes ownership */
+int call_errorf(Call *c, const char *error, const char *fmt, ...) _printf_(3, 4);
+/* Reply {"parameters": {field: base64(secret), ...extra}} built in locked memory and wiped
+ * after it is written; extra (may be NULL) must not hold secrets; takes ownership of extra. */
+int call_reply_secret(Call *c, const char *field, const void *secret, size_t n, json_object *extra);
+const Caller *call_caller(Call *c);
+bool call_wants_more(Call *c);
+const char *call_method(Call *c);
+/* For streamed replies after the handler returned (events): keep the call open; it stays
+ * valid until call_reply/call_error or until the client disconnects (then on_close runs). */
+Call *call_ref(Call *c);
+Call *call_unref(Call *c);
+bool call_is_open(Call *c);
+void call_set_close_callback(Call *c, void (*on_close)(Call *c, void *userdata), void *userdata);
+
+/* --- policy and audit, for handlers --- */
+/* Checks the caller against the policy. On refusal sends io.cmek.PermissionDenied naming the
+ * verb/resource/compartment no statement allowed and returns -EACCES: the handler returns. */
+int manager_authorize(Manager *m, Call *c, const char *verb, const char *resource_type,
+                      const char *compartment, const char *key_id, const char *volume_id);
+
+/* An audited event: one journald entry and one hash-chained line. Fields may be NULL. */
+typedef struct AuditRecord {
+        const char *event;      /* e.g. "key.disabled"; selects the MESSAGE_ID */
+        const char *operation;  /* the method, e.g. "io.cmek.Key.Disable" */
+        const char *result;     /* "ok" or an error name */
+        const char *key_id;
+        const char *old_state;
+        const char *new_state;
+        const char *volume;     /* LUKS UUID or path */
+        const char *detail;     /* free text, never a secret */
+} AuditRecord;
+/* Caller may be NULL (the daemon acting by itself, e.g. scheduled deletion). */
+int manager_audit(Manager *m, Call *c, const AuditRecord *rec);
+
+/* Every interface the daemon serves; defined in api-*.c files, listed in server.c. */
+extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* */

@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The feature modules of the daemon (vaults/keys, volumes, ...): their interfaces and hooks.
+ * Each module adds its interface to DAEMON_EXTRA_INTERFACES and its hooks to modules.c. */
+#pragma once
+
+#include "manager.h"
+
+/* Example: extern const Interface interface_key; then add &interface_key below. */
+#define DAEMON_EXTRA_INTERFACES
+
+/* Called in order at start (after policy and audit are up) and in reverse at stop. */
+int modules_init(Manager *m);
+void modules_done(Manager *m);
+void modules_key_state_changed(Manager *m, const char *key_id, int old_state, int new_state);
+void modules_key_rotated(Manager *m, const char *key_id, unsigned new_version);

@@ -1,0 +1,5 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The verb tables of cmekctl's modules; each module adds its extern and its table here. */
+#pragma once
+/* extern const Verb key_verbs[];  then: #define CTL_EXTRA_VERB_TABLES key_verbs, */
+#define CTL_EXTRA_VERB_TABLES

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* cmekctl internals: verb tables, the daemon connection, output helpers. */
+#pragma once
+
+#include <stdbool.h>
+#include <json-c/json.h>
+
+#include "cmek-log.h"
+#include "cmek-varlink.h"
+
+/* Exit codes: a stable interface, documented in cmekctl(8). */
+enum {
+        CTL_EXIT_OK = 0,
+        CTL_EXIT_FAILURE = 1,          /* anything else */
+        CTL_EXIT_USAGE = 2,            /* bad command line */
+        CTL_EXIT_NO_DAEMON = 3,        /* cmekd not reachable */
+        CTL_EXIT_PERMISSION = 4,       /* io.cmek.PermissionDenied */
+        CTL_EXIT_NOT_FOUND = 5,        /* key, vault or volume unknown */
+        CTL_EXIT_KEY_UNUSABLE = 6,     /* key disabled, pending deletion or deleted */
+        CTL_EXIT_INVALID_STATE = 7,    /* transition refused by the key state machine */
+        CTL_EXIT_VERIFY_FAILED = 8,    /* audit chain broken, unwrap check failed */
+};
+
+typedef struct Verb {
+        const char *group;      /* "key", "volume", ...; NULL for top-level verbs like "status" */
+        const char *name;       /* "create" */
+        const char *usage;      /* "NAME --compartment C [--length 256]" */
+        const char *help;       /* one line */
+        int (*run)(int argc, char *argv[]); /* argv[0] is the verb name; returns an exit code */
+} Verb;
+
+extern bool arg_json;           /* --json */
+extern const char *arg_socket;  /* --socket PATH */
+
+/* Calls a method and waits for the reply. On a Varlink error prints a readable message
+ * (with the parameters that say what to do) and returns the matching exit code (> 0);
+ * on success stores the reply parameters and returns 0. */
+int ctl_call(const char *method, json_object *params, json_object **ret_reply);
+/* Same, for "more" calls: on_reply runs for every reply until it returns non-zero or the
+ * stream ends. */
+int ctl_call_more(const char *method, json_object *params,
+                  int (*on_reply)(json_object *reply, void *userdata), void *userdata);
+int ctl_exit_code_for_error(const char *error);
+/* Prints JSON (pretty) on stdout. */
+void ctl_print_json(json_object *o);
+
+/* Aligned text tables. */
+typedef struct Table Table;
+Table *table_new(const char *first_column, ...); /* column headers, NULL-terminated */
+void table_add(Table *t, ...);                    /* one row: one string per column (NULL prints "-") */
+void table_print(Table *t);                       /* prints, then frees */
+/* "key value" list for show commands. */
+void ctl_print_field(const char *name, const char *value);
+
+/* getopt helper: parse "--json" everywhere. Each verb parses its own options with getopt_long
+ * (reset optind = 0 before), and must accept --json too. */
+#define CTL_OPTION_JSON { "json", no_argument, NULL, 'J' }
+
+/* Verb tables defined by each tools/cmekctl-*.c, NULL-terminated (name == NULL). */
+extern const Verb service_verbs[];   /* status, policy check, audit show/verify */
+#include "cmekctl-verbs.h"           /* CTL_EXTRA_VERB_TABLES: the other modules' tables */
