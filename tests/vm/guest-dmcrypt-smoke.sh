@@ -48,6 +48,8 @@ printf -v kib '%64s' ''
 kib=${kib// /$marker}                       # 64 * 16 = 1 KiB
 for _ in $(seq 1024); do printf '%s' "$kib"; done >"$pat"
 [ "$(stat -c %s "$pat")" = 1048576 ] || fail "could not build the 1 MiB pattern"
+# Sanity check of the final plaintext probe: it must see the marker here.
+[ "$(grep -c -a -F "$marker" "$pat" || true)" -ge 1 ] || fail "grep cannot find the marker in the clear pattern"
 want=$(sha256sum <"$pat" | cut -d' ' -f1)
 
 loopdev=$(losetup --find --show "$img") || fail "losetup could not attach $img"
