@@ -147,6 +147,8 @@ static int run(int argc, char *argv[]) {
         m->start_usec = cmek_now_usec();
 
         r = cmek_mkdir_p(m->state_dir, 0700);
+        if (r >= 0 && chmod(m->state_dir, 0700) < 0) /* it holds the token PINs */
+                r = -errno;
         if (r < 0) {
                 log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
                 goto out;
@@ -204,10 +206,13 @@ static int run(int argc, char *argv[]) {
                 m->n_listen_fds = (unsigned) n;
         }
 
+        (void) manager_audit(m, NULL, &(AuditRecord) {
+                .event = "daemon.started", .operation = "start", .detail = PACKAGE_VERSION });
         log_info("cmekd " PACKAGE_VERSION " ready, state in %s.", m->state_dir);
         (void) sd_notifyf(0, "READY=1\nSTATUS=Serving keys from %s", m->state_dir);
         r = sd_event_loop(m->event);
         (void) sd_notify(0, "STOPPING=1\nSTATUS=Shutting down");
+        (void) manager_audit(m, NULL, &(AuditRecord) { .event = "daemon.stopped", .operation = "stop" });
 out:
         server_done(m);
         events_done(m);

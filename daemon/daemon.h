@@ -17,3 +17,5 @@ const Interface *const *manager_interfaces(size_t *ret_n);
 
 int manager_load_policy(Manager *m, bool reload);
 void events_done(Manager *m);
+/* Runs the executables in the hooks directory for one event (never blocks the caller). */
+void events_run_hooks(Manager *m, json_object *event);

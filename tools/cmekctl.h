@@ -48,6 +48,7 @@ void ctl_print_json(json_object *o);
 typedef struct Table Table;
 Table *table_new(const char *first_column, ...); /* column headers, NULL-terminated */
 void table_add(Table *t, ...);                    /* one row: one string per column (NULL prints "-") */
+void table_add_cell(Table *t, const char *s);     /* one cell, rows wrap at the column count */
 void table_print(Table *t);                       /* prints, then frees */
 /* "key value" list for show commands. */
 void ctl_print_field(const char *name, const char *value);

@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Helpers for the shell integration tests. Source it; tests run as root on the host.
+# shellcheck shell=bash
+set -euo pipefail
+
+: "${top_builddir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+: "${top_srcdir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+CMEKD="$top_builddir/cmekd"
+CMEKCTL_BIN="$top_builddir/cmekctl"
+
+TEST_NAME=$(basename "$0" .sh)
+TEST_TMP=$(mktemp -d "/tmp/cmek-$TEST_NAME.XXXXXX")
+CMEKD_PID=
+CLEANUP_CMDS=()
+
+log()  { printf '%s: %s\n' "$TEST_NAME" "$*" >&2; }
+fail() { printf '%s: FAIL: %s\n' "$TEST_NAME" "$*" >&2; exit 1; }
+skip() { printf '%s: SKIP: %s\n' "$TEST_NAME" "$*" >&2; exit 77; }
+need_root() { [ "$(id -u)" -eq 0 ] || skip "needs root"; }
+need_cmd() { for c; do command -v "$c" >/dev/null 2>&1 || skip "needs $c"; done; }
+on_exit() { CLEANUP_CMDS+=("$*"); }
+
+_cleanup() {
+    local rc=$?
+    set +e
+    for ((i = ${#CLEANUP_CMDS[@]} - 1; i >= 0; i--)); do eval "${CLEANUP_CMDS[$i]}"; done
+    stop_cmekd
+    if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ -f "$TEST_TMP/cmekd.log" ]; then
+        echo "--- cmekd log (tail) ---" >&2
+        tail -30 "$TEST_TMP/cmekd.log" >&2
+    fi
+    rm -rf "$TEST_TMP"
+    exit $rc
+}
+trap _cleanup EXIT
+
+# start_cmekd [STATE_DIR] [extra cmekd args...]: standalone daemon on $SOCK with state in $STATE
+start_cmekd() {
+    STATE=${1:-$TEST_TMP/state}; shift || true
+    SOCK=${SOCK:-$TEST_TMP/io.cmek.socket}
+    mkdir -p "$STATE"
+    "$CMEKD" --state-dir "$STATE" --socket "$SOCK" --test-hooks --log-level debug "$@" \
+        >>"$TEST_TMP/cmekd.log" 2>&1 &
+    CMEKD_PID=$!
+    wait_for_socket "$SOCK" "$CMEKD_PID"
+    export CMEKD_SOCKET=$SOCK
+}
+
+wait_for_socket() { # PATH [PID]
+    local i
+    for ((i = 0; i < 300; i++)); do
+        if [ -S "$1" ] && cmekctl_raw '{"method":"org.varlink.service.GetInfo"}' "$1" >/dev/null 2>&1; then
+            return 0
+        fi
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+            cat "$TEST_TMP/cmekd.log" >&2 || true
+            fail "cmekd exited before listening on $1"
+        fi
+        sleep 0.05
+    done
+    fail "cmekd did not listen on $1 within 15 s"
+}
+
+stop_cmekd() {
+    if [ -n "$CMEKD_PID" ] && kill -0 "$CMEKD_PID" 2>/dev/null; then
+        kill -TERM "$CMEKD_PID"
+        local rc=0
+        wait "$CMEKD_PID" || rc=$?
+        CMEKD_PID=
+        # under ASan a leak or error at exit makes the daemon exit non-zero
+        [ $rc -eq 0 ] || { tail -40 "$TEST_TMP/cmekd.log" >&2; echo "cmekd exited with $rc" >&2; return 1; }
+    fi
+    CMEKD_PID=
+    return 0
+}
+
+cmekctl() { "$CMEKCTL_BIN" "$@"; }
+
+# cmekctl_raw JSON [SOCKET]: one raw Varlink call; prints the reply (NUL stripped)
+cmekctl_raw() {
+    printf '%s\0' "$1" | socat -t 5 - "UNIX-CONNECT:${2:-$SOCK}" | tr -d '\0'
+}
+
+# expect_fail CODE CMD...: the command must exit with CODE
+expect_exit() {
+    local want=$1; shift
+    local rc=0
+    "$@" >"$TEST_TMP/out" 2>"$TEST_TMP/err" || rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        cat "$TEST_TMP/out" "$TEST_TMP/err" >&2
+        fail "'$*' exited $rc, expected $want"
+    fi
+}
+
+assert_contains() { # HAYSTACK NEEDLE
+    case "$1" in *"$2"*) ;; *) fail "expected to find '$2' in: $1" ;; esac
+}
+assert_not_contains() {
+    case "$1" in *"$2"*) fail "did not expect '$2' in: $1" ;; *) ;; esac
+}
+
+json_get() { # JSON FIELD (top level, via python3)
+    python3 -c 'import json,sys; v=json.loads(sys.argv[1]); 
+for k in sys.argv[2].split("."): v=v[int(k)] if isinstance(v,list) else v.get(k)
+print(v if not isinstance(v,(dict,list,bool)) else json.dumps(v))' "$1" "$2"
+}
