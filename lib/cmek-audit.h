@@ -2,10 +2,40 @@
 /* The append-only, hash-chained audit log: one JSON object per line. */
 #pragma once
 
+/*
+ * Format (docs/audit.md has the full description and the MESSAGE_ID table):
+ *
+ *   {"seq":N,"time":"2026-11-23T13:00:00.123456Z","time_usec":...,"event":"key.disabled",...,
+ *    "prev":"<hash of line N-1, or 64 zeros for line 1>","hash":"<hex>"}\n
+ *
+ * Fields that are NULL in the CmekAuditEntry are omitted. "hash" is always the last field, and is
+ * the lowercase hex SHA-256 of the exact bytes of the line before `,"hash":"` (the line minus
+ * its last 75 bytes and the newline). Since "prev" is inside the hashed bytes, the lines form a
+ * chain: editing, deleting, reordering any line or cutting the head is found by
+ * cmek_audit_verify(), which names the first bad line.
+ *
+ * What the file alone cannot show: a cut tail (the log just looks shorter), and an attacker
+ * with write access who recomputes every hash from the edit on (the hash is not keyed). The
+ * cross-check for both is the journal: every append also sends CMEK_AUDIT_SEQ and
+ * CMEK_AUDIT_HASH to journald, so the last seq/hash there must exist in the file.
+ *
+ * Never put a secret in any field, in particular not in "detail": the log and the journal are
+ * readable by administrators and kept for a long time. The API has no field for key material.
+ *
+ * Crash safety: one write() per line with O_APPEND, then fdatasync(). A crash in the middle of a
+ * write can leave a last line without its newline ("torn"). cmek_audit_open() cuts such a torn
+ * tail (it never was a completed append) and records an "audit.recovered" entry whose detail
+ * says what was cut; a complete last line that does not parse or whose hash does not recompute
+ * is not touched: open fails with -EBADMSG.
+ */
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <json-c/json.h>
+
+/* Longest line (including its newline) that cmek_audit_append() writes. */
+#define CMEK_AUDIT_LINE_MAX (64U * 1024U)
 
 typedef struct CmekAudit CmekAudit;
 
@@ -21,21 +51,43 @@ typedef struct CmekAuditEntry {
         const char *old_state;
         const char *new_state;
         const char *volume;
-        const char *detail;
+        const char *detail;      /* free text for humans; never a secret */
 } CmekAuditEntry;
 
+enum {
+        CMEK_AUDIT_NO_JOURNAL = 1 << 0,   /* do not send appends to journald (tests, tools) */
+};
+
 /* Opens (creating if needed, mode 0600) and reads the last line to continue the chain;
- * refuses to open a log whose last line does not parse. */
+ * refuses (-EBADMSG) to open a log whose last complete line does not parse or verify. A torn
+ * last line (no newline, from a crash) is cut and an "audit.recovered" entry appended.
+ * Takes an exclusive flock(): a second writer gets -EBUSY. */
 int cmek_audit_open(const char *path, CmekAudit **ret);
+int cmek_audit_open_full(const char *path, unsigned flags, CmekAudit **ret);
 CmekAudit *cmek_audit_close(CmekAudit *a);
+static inline void cmek_audit_closep(CmekAudit **a) {
+        if (*a)
+                *a = cmek_audit_close(*a);
+}
 /* Appends one line (seq, time, fields, prev hash, hash), fsyncs, and writes the structured
- * journald entry with the event's MESSAGE_ID. */
+ * journald entry with the event's MESSAGE_ID (a journald failure does not fail the append).
+ * now_usec 0 means now. -E2BIG if the line would exceed CMEK_AUDIT_LINE_MAX. After a failed
+ * fdatasync() the handle refuses further appends (-EIO): close and reopen it. */
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec);
+/* seq and hash of the last line written (0 and 64 zeros for an empty log). */
+uint64_t cmek_audit_get_seq(const CmekAudit *a);
+const char *cmek_audit_get_hash(const CmekAudit *a);
+/* Bytes of a torn last line cut by open (0 if none): the daemon should log a warning. */
+uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a);
 
 /* Verifies the whole chain. Returns 0 when intact, -EBADMSG when broken: *ret_bad_line is the
- * first bad line (1-based) and *ret_reason says why. */
+ * first bad line (1-based) and *ret_reason says why ("line 7: hash mismatch (line edited)").
+ * *ret_n_lines is the number of lines read (up to and including the bad one). Any ret_ may be
+ * NULL; other errors (-ENOENT, -EIO, ...) leave them untouched. */
 int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad_line, char **ret_reason);
-/* Reads entries with time >= since_usec into a JSON array (newest last). */
+/* Reads entries with time_usec >= since_usec into a JSON array (newest last). A torn last line
+ * is skipped; a complete line that is not a JSON object gives -EBADMSG. */
 int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array);
-/* The sd_id128 MESSAGE_ID string for an event type (stable, documented in cmekd(8)). */
+/* The sd_id128 MESSAGE_ID string for an event type (stable, documented in docs/audit.md);
+ * unknown or NULL events get the generic id. */
 const char *cmek_audit_message_id(const char *event);
