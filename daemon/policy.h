@@ -2,8 +2,19 @@
 /* IAM-style policy statements: "allow group G to VERB RESOURCE in compartment C [where ...]". */
 #pragma once
 
+#include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
+
+/* Bounds for untrusted input: the parser is linear in the input and never recurses deeper than
+ * POLICY_CONDITION_DEPTH_MAX. */
+#define POLICY_FILE_MAX            (1024U * 1024U) /* bytes */
+#define POLICY_LINE_MAX            4096U           /* bytes per line, without the newline */
+#define POLICY_STATEMENTS_MAX      4096U
+#define POLICY_SUBJECTS_MAX        64U             /* "group A, group B, ..." in one statement */
+#define POLICY_CONDITIONS_MAX      64U             /* conditions (any/all included) in one statement */
+#define POLICY_CONDITION_DEPTH_MAX 8U              /* nested any { } / all { } */
 
 typedef struct Policy Policy;
 
@@ -29,15 +40,35 @@ typedef struct PolicyRequest {
 } PolicyRequest;
 
 /* Parse a policy file. On a syntax error returns -EINVAL and sets *ret_error to
- * "FILE:LINE:COLUMN: expected ..., got '...'". */
+ * "FILE:LINE:COLUMN: expected ..., got '...'" (COLUMN is 1-based, in bytes, pointing at the
+ * offending token; free() the string). policy_load() also returns -EPERM (with *ret_error) when
+ * the file is writable by others or owned by another non-root user, -EFBIG when it is larger than
+ * POLICY_FILE_MAX, and -errno from open()/read() (without *ret_error). An empty file is a valid
+ * policy that allows nobody but root. filename NULL: "<string>". */
 int policy_load(const char *path, Policy **ret, char **ret_error);
 int policy_parse_string(const char *text, const char *filename, Policy **ret, char **ret_error);
 Policy *policy_free(Policy *p);
+static inline void policy_freep(Policy **p) { if (*p) policy_free(*p); }
 
 /* NULL policy: only uid 0 is allowed. Returns true when some statement allows it
- * (a higher verb implies the lower ones). */
+ * (a higher verb implies the lower ones). uid 0 is always allowed, with or without a policy.
+ * User and group names are looked up (getpwuid_r/getgrgid_r) at each call, for req->uid, req->gid
+ * and req->groups only: pass the peer's supplementary groups (SO_PEERGROUPS), not just
+ * SO_PEERCRED. A name that does not resolve (or an NSS failure) simply does not match. */
 bool policy_check(const Policy *p, const PolicyRequest *req);
+/* Like policy_check(); on success also returns the 1-based line of the first statement that
+ * allowed the request, 0 when it was allowed because the caller is root. */
+bool policy_check_line(const Policy *p, const PolicyRequest *req, unsigned *ret_line);
 size_t policy_n_statements(const Policy *p);
+
+/* The statement that would allow req, for io.cmek.PermissionDenied, e.g.
+ * "allow user backup to use keys in compartment Prod where target.key.id = 'ocid1...'".
+ * Always in the user form (a group grant is the admin's choice); "user id N" when the uid has no
+ * name; the where clause names target.key.id for keys, target.volume.id for volumes (else
+ * whichever the request carries) and is left out when the request carries no target id.
+ * Returns NULL with errno set on ENOMEM, or EINVAL when req is invalid (unknown verb or resource
+ * type, or a compartment name that cannot be written in the grammar). free() the result. */
+char *policy_explain_denial(const PolicyRequest *req);
 
 const char *policy_verb_to_string(PolicyVerb v);
 PolicyVerb policy_verb_from_string(const char *s);
