@@ -732,7 +732,7 @@ int policy_load(const char *path, Policy **ret, char **ret_error) {
 
         if (!path || !ret)
                 return -EINVAL;
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK); /* no hang on a FIFO */
         if (fd < 0)
                 return -errno;
         if (fstat(fd, &st) < 0)

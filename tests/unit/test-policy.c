@@ -656,6 +656,37 @@ static void test_explain(void **state) {
         assert_null(policy_explain_denial(NULL));
 }
 
+/* The statements of cmekd-policy(5) and the seeds it is based on. */
+static void test_examples(void **state) {
+        static const char text[] =
+                "# Security administrators create, rotate and retire keys in Prod.\n"
+                "allow group SecurityAdmins to manage keys in compartment Prod\n"
+                "allow user backup to use keys in compartment Prod where target.key.id = 'ocid1.key.oc1..backup'\n"
+                "allow group operators to read all-resources in tenancy\n"
+                "allow user id 990 to use volumes in tenancy where any { target.volume.id = vol-a, target.volume.id = vol-b }\n"
+                "Allow group nogroup to use key-delegate in compartment Prod where target.key.id = <key-ocid>\n"
+                "Allow group nogroup to read keys in compartment Prod where target.key.id = <keyocid>\n";
+        _cleanup_(policy_freep) Policy *p = parse_ok(text);
+        static const struct {
+                Req req;
+                unsigned line;
+        } table[] = {
+                { { .uid = 990, .gid = 990, .verb = POLICY_VERB_USE, .type = "volumes", .volume_id = "vol-b" }, 5 },
+                { { .uid = 990, .gid = 990, .verb = POLICY_VERB_USE, .type = "volumes", .volume_id = "vol-c" }, 0 },
+                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .compartment = "Prod", .key_id = "<key-ocid>" }, 6 },
+                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_READ, .compartment = "Prod", .key_id = "<keyocid>" }, 7 },
+                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .compartment = "Prod", .key_id = "<keyocid>" }, 0 },
+        };
+
+        assert_int_equal(policy_n_statements(p), 6);
+        for (size_t i = 0; i < ARRAY_SIZE(table); i++) {
+                PolicyRequest req = to_request(&table[i].req);
+                unsigned line = 0;
+                assert_int_equal(policy_check_line(p, &req, &line), table[i].line > 0);
+                assert_int_equal(line, table[i].line);
+        }
+}
+
 static char *write_temp(const char *data, size_t size, mode_t mode) {
         char *path = strdup("/tmp/test-policy.XXXXXX");
         int fd;
@@ -774,6 +805,7 @@ int main(void) {
                 cmocka_unit_test(test_limit_nesting),
                 cmocka_unit_test(test_limit_conditions_and_subjects),
                 cmocka_unit_test(test_explain),
+                cmocka_unit_test(test_examples),
                 cmocka_unit_test(test_load),
                 cmocka_unit_test(test_robustness),
         };
