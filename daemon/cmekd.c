@@ -16,6 +16,7 @@
 #define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
 #define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
 #define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
+#define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
 
 static void help(void) {
         printf("Usage: cmekd [OPTIONS]\n\n"
@@ -27,13 +28,15 @@ static void help(void) {
                "     --config FILE       Configuration file (default " DEFAULT_CONFIG ")\n"
                "     --policy FILE       Policy file (default " DEFAULT_POLICY " if it exists;\n"
                "                         without one only root may do anything)\n"
+               "     --hooks-dir DIR     Run the executables in DIR for every event\n"
+               "                         (default " DEFAULT_HOOKS_DIR ")\n"
                "     --log-level LEVEL   debug, info, notice, warning, err\n"
                "     --test-hooks        Honour CMEKD_TEST_* variables (test builds only)\n\n"
                "See cmekd(8).\n");
 }
 
 static int parse_argv(Manager *m, int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS };
+        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS, ARG_HOOKS_DIR };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -43,6 +46,7 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 { "policy", required_argument, NULL, ARG_POLICY },
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
                 { "test-hooks", no_argument, NULL, ARG_TEST_HOOKS },
+                { "hooks-dir", required_argument, NULL, ARG_HOOKS_DIR },
                 {}
         };
         int c;
@@ -79,6 +83,10 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                         cmek_log_set_max_level((int) i);
                         break;
                 }
+                case ARG_HOOKS_DIR:
+                        free(m->hooks_dir);
+                        m->hooks_dir = strdup(optarg);
+                        break;
                 case ARG_TEST_HOOKS:
                         if (!ENABLE_TEST_HOOKS)
                                 return log_error_errno(EINVAL, "--test-hooks: this build was configured without --enable-test-hooks.");
@@ -138,6 +146,7 @@ static int run(int argc, char *argv[]) {
 
         cmek_log_set_ident("cmekd");
         m->state_dir = strdup(DEFAULT_STATE_DIR);
+        m->hooks_dir = strdup(DEFAULT_HOOKS_DIR);
         r = parse_argv(m, argc, argv);
         if (r <= 0)
                 goto out;
@@ -170,6 +179,7 @@ static int run(int argc, char *argv[]) {
         sigaddset(&ss, SIGTERM);
         sigaddset(&ss, SIGINT);
         sigaddset(&ss, SIGHUP);
+        sigaddset(&ss, SIGCHLD); /* hooks are reaped through sd-event */
         sigprocmask(SIG_BLOCK, &ss, NULL);
         (void) signal(SIGPIPE, SIG_IGN);
         (void) sd_event_add_signal(m->event, NULL, SIGTERM, NULL, NULL);
@@ -224,6 +234,7 @@ out:
         free(m->socket_path);
         free(m->config_path);
         free(m->policy_path);
+        free(m->hooks_dir);
         return r;
 }
 

@@ -35,6 +35,7 @@ struct Manager {
         char *socket_path;      /* NULL when socket-activated */
         char *config_path;
         char *policy_path;      /* NULL: only root may do anything */
+        char *hooks_dir;        /* executables run for every event */
         bool test_hooks;        /* test-only env vars honoured (--enable-test-hooks build + flag) */
 
         Policy *policy;
