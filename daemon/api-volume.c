@@ -1,0 +1,679 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* io.cmek.Volume: create, bind, unlock, unwrap (for the token plugin), re-wrap, unbind, list. */
+#include <stdio.h>
+#include <openssl/evp.h>
+
+#include "cmek-secmem.h"
+#include "cmek-varlink.h"
+#include "daemon.h"
+#include "key.h"
+#include "volume.h"
+
+/* Turns an -errno of volume.c/key.c into the Varlink error that says what to do. */
+static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
+        json_object *p = json_object_new_object();
+        const char *error;
+        char msg[512];
+
+        if (device)
+                json_object_object_add(p, "device", json_object_new_string(device));
+        if (key_id)
+                json_object_object_add(p, "key_id", json_object_new_string(key_id));
+        switch (r) {
+        case -EMEDIUMTYPE:
+                error = CMEK_ERROR_NOT_LUKS2;
+                snprintf(msg, sizeof(msg), "'%s' is not a LUKS2 volume (LUKS1 or no LUKS header): "
+                         "convert it with 'cryptsetup convert --type luks2' or format it with 'cmekctl volume create'", strempty(device));
+                break;
+        case -ENODEV:
+                error = CMEK_ERROR_VOLUME_NOT_FOUND;
+                snprintf(msg, sizeof(msg), "'%s' does not exist or is no longer the volume cmekd knows; "
+                         "create an image with --size, or run 'cmekctl volume scan PATH'", strempty(device));
+                break;
+        case -EEXIST:
+                error = CMEK_ERROR_ALREADY_EXISTS;
+                snprintf(msg, sizeof(msg), "'%s' already has a LUKS header: bind it with 'cmekctl volume bind'", strempty(device));
+                break;
+        case -ENOTEMPTY:
+                error = CMEK_ERROR_ALREADY_EXISTS;
+                snprintf(msg, sizeof(msg), "'%s' holds data (its first 64 KiB are not zero): pass --force to format it anyway", strempty(device));
+                break;
+        case -EPERM:
+                error = VARLINK_ERROR_INVALID_PARAMETER;
+                snprintf(msg, sizeof(msg), "the unlock passphrase or key file opens no keyslot of '%s'", strempty(device));
+                break;
+        case -ENOKEY:
+                if (!key_id) {
+                        error = CMEK_ERROR_INVALID_TRANSITION;
+                        snprintf(msg, sizeof(msg), "'%s' has no usable CMEK keyslot (key deleted or volume shredded)", strempty(device));
+                        break;
+                }
+                error = CMEK_ERROR_KEY_DELETED;
+                json_object_object_add(p, "state", json_object_new_string("DELETED"));
+                snprintf(msg, sizeof(msg), "key %s is DELETED: nothing it wrapped can be unwrapped again", key_id);
+                break;
+        case -EKEYREVOKED:
+                error = CMEK_ERROR_KEY_DISABLED;
+                json_object_object_add(p, "state", json_object_new_string("DISABLED"));
+                snprintf(msg, sizeof(msg), "key %s is DISABLED: enable it with 'cmekctl key enable %s'", strempty(key_id), strempty(key_id));
+                break;
+        case -EKEYEXPIRED:
+                error = CMEK_ERROR_KEY_PENDING_DELETION;
+                json_object_object_add(p, "state", json_object_new_string("PENDING_DELETION"));
+                snprintf(msg, sizeof(msg), "key %s is PENDING_DELETION: cancel it with 'cmekctl key cancel-deletion %s'",
+                         strempty(key_id), strempty(key_id));
+                break;
+        case -ENOENT:
+                error = CMEK_ERROR_KEY_NOT_FOUND;
+                snprintf(msg, sizeof(msg), "no key or key version '%s' (or the volume is not bound)", strempty(key_id));
+                break;
+        case -EBADMSG:
+                error = CMEK_ERROR_UNWRAP_FAILED;
+                snprintf(msg, sizeof(msg), "the wrapped DEK does not authenticate for this volume, keyslot, key and version: "
+                         "the token was copied from another volume or altered");
+                break;
+        case -ENOSPC:
+                error = CMEK_ERROR_DEVICE_ERROR;
+                snprintf(msg, sizeof(msg), "no free keyslot or token (or no room in the LUKS2 metadata) on '%s'", strempty(device));
+                break;
+        case -EBUSY:
+                error = CMEK_ERROR_BUSY;
+                snprintf(msg, sizeof(msg), "'%s' is in use", strempty(device));
+                break;
+        default:
+                error = CMEK_ERROR_DEVICE_ERROR;
+                snprintf(msg, sizeof(msg), "'%s': %s", strempty(device), strerror(r < 0 ? -r : r));
+        }
+        json_object_object_add(p, "message", json_object_new_string(msg));
+        return call_error(c, error, p);
+}
+
+static void audit(Manager *m, Call *c, const char *event, const char *result, const Volume *v,
+                  const char *key_id, const char *volume, const char *detail) {
+        AuditRecord rec = {
+                .event = event,
+                .operation = call_method(c),
+                .result = result,
+                .key_id = key_id ?: (v ? v->key_id : NULL),
+                .volume = volume ?: (v ? v->uuid : NULL),
+                .detail = detail,
+        };
+        (void) manager_audit(m, c, &rec);
+}
+
+/* Looks the key up and checks "use" on it (in its compartment). Replies on failure. */
+static int authorize_key(Manager *m, Call *c, const char *key, const char *verb, KeyInfo *ret) {
+        int r = key_lookup(m, key, ret);
+        if (r < 0)
+                return reply_errno(c, r, NULL, key), -EACCES;
+        r = manager_authorize(m, c, verb, "keys", ret->compartment, ret->id, NULL);
+        if (r < 0) {
+                key_info_done(ret);
+                return r;
+        }
+        return 0;
+}
+
+/* A base64 secret parameter, decoded into locked memory; the JSON copy is wiped. */
+static int get_secret(json_object *params, const char *name, void **ret, size_t *ret_size) {
+        json_object *v;
+        const char *s;
+        size_t len;
+        unsigned char *buf;
+        int n;
+
+        *ret = NULL;
+        *ret_size = 0;
+        if (!json_object_object_get_ex(params, name, &v) || json_object_is_type(v, json_type_null))
+                return 0;
+        if (!json_object_is_type(v, json_type_string))
+                return -EINVAL;
+        s = json_object_get_string(v);
+        len = strlen(s);
+        if (len == 0 || len % 4 != 0 || len > 16384) {
+                cmek_json_wipe_string(v);
+                return -EINVAL;
+        }
+        buf = cmek_secure_alloc(len / 4 * 3 + 1);
+        if (!buf)
+                return -ENOMEM;
+        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
+        cmek_json_wipe_string(v);
+        if (n < 0) {
+                cmek_secure_free(buf);
+                return -EINVAL;
+        }
+        if (s[len - 1] == '=')
+                n--;
+        if (len > 1 && s[len - 2] == '=')
+                n--;
+        *ret = buf;
+        *ret_size = (size_t) n;
+        return 1;
+}
+
+static int invalid(Call *c, const char *msg) {
+        return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", msg);
+}
+
+static int reply_volume(Manager *m, Call *c, Volume *v, bool with_header) {
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "volume", volume_to_json(m, v, with_header));
+        return call_reply(c, p);
+}
+
+static int method_create(Manager *m, Call *c, json_object *params) {
+        const char *path = cmek_json_get_string(params, "path"), *key = cmek_json_get_string(params, "key");
+        bool strict = cmek_json_get_bool(params, "strict", false), force = cmek_json_get_bool(params, "force", false);
+        _cleanup_secure_ void *recovery = NULL;
+        size_t recovery_size = 0;
+        int64_t size = 0;
+        KeyInfo k = {};
+        Volume *v = NULL;
+        int r;
+
+        if (!path || !key)
+                return invalid(c, "\"path\" and \"key\" (strings) are required");
+        if (json_object_object_get_ex(params, "size", NULL) && (!cmek_json_get_int64(params, "size", &size) || size < 0))
+                return invalid(c, "\"size\" must be a byte count");
+        r = get_secret(params, "recovery_passphrase", &recovery, &recovery_size);
+        if (r < 0)
+                return invalid(c, "\"recovery_passphrase\" must be base64");
+        if (strict && recovery)
+                return invalid(c, "--strict volumes have only the CMEK keyslot: no recovery passphrase");
+        if (size > 0 && size < 8 * 1024 * 1024)
+                return invalid(c, "\"size\" must be at least 8 MiB (4 MiB of it is the LUKS2 header)");
+
+        r = authorize_key(m, c, key, "use", &k);
+        if (r < 0)
+                return 0;
+        r = manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, NULL);
+        if (r < 0)
+                goto out;
+        r = volume_create(m, path, (uint64_t) size, k.id, force, recovery, recovery_size, &v);
+        if (r < 0) {
+                audit(m, c, "volume.bound", "failed", NULL, k.id, path, strerror(-r));
+                reply_errno(c, r, path, k.id);
+                goto out;
+        }
+        audit(m, c, "volume.bound", "ok", v, NULL, NULL, recovery ? "created with a recovery passphrase" :
+              strict ? "created strict: CMEK keyslot only" : "created: CMEK keyslot only");
+        manager_event(m, "volume.bound", volume_to_json(m, v, false));
+        reply_volume(m, c, v, false);
+out:
+        key_info_done(&k);
+        return 0;
+}
+
+static int method_bind(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device"), *key = cmek_json_get_string(params, "key");
+        _cleanup_secure_ void *unlock = NULL;
+        size_t unlock_size = 0;
+        KeyInfo k = {};
+        Volume *v = NULL, *old;
+        _cleanup_free_ char *old_key = NULL;
+        int r;
+
+        if (!dev || !key)
+                return invalid(c, "\"device\" and \"key\" (strings) are required");
+        r = get_secret(params, "unlock_secret", &unlock, &unlock_size);
+        if (r < 0)
+                return invalid(c, "\"unlock_secret\" must be base64");
+        r = authorize_key(m, c, key, "use", &k);
+        if (r < 0)
+                return 0;
+        old = volume_find(m, dev);
+        if (old) {
+                /* moving a volume away from a key needs "use" on that key too */
+                KeyInfo ok = {};
+                old_key = old->key_id ? strdup(old->key_id) : NULL;
+                if (old_key && !streq(old_key, k.id) && key_lookup(m, old_key, &ok) >= 0) {
+                        r = manager_authorize(m, c, "use", "keys", ok.compartment, ok.id, NULL);
+                        key_info_done(&ok);
+                        if (r < 0)
+                                goto out;
+                }
+        }
+        r = manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, old ? old->uuid : NULL);
+        if (r < 0)
+                goto out;
+        r = volume_bind(m, dev, k.id, unlock, unlock_size, &v);
+        if (r == -ENOKEY && !old_key) {
+                invalid(c, "the volume is not bound yet: give an existing way in once "
+                        "(--unlock-key-file F or --unlock-passphrase-stdin)");
+                goto out;
+        }
+        if (r < 0) {
+                audit(m, c, "volume.bound", "failed", NULL, k.id, dev, strerror(-r));
+                reply_errno(c, r, dev, r == -EKEYREVOKED || r == -EKEYEXPIRED || r == -ENOKEY || r == -ENOENT ?
+                            (old_key && r != -ENOENT ? old_key : k.id) : k.id);
+                goto out;
+        }
+        if (r > 0) {
+                audit(m, c, "volume.key_changed", "ok", v, NULL, NULL, old_key ? old_key : "re-bound");
+                manager_event(m, "volume.key_changed", volume_to_json(m, v, false));
+        } else {
+                audit(m, c, "volume.bound", "ok", v, NULL, NULL, "bound an existing LUKS2 volume");
+                manager_event(m, "volume.bound", volume_to_json(m, v, false));
+        }
+        reply_volume(m, c, v, false);
+out:
+        key_info_done(&k);
+        return 0;
+}
+
+/* Finds a registered volume, or adopts one from its header when given a path. Replies on failure. */
+static Volume *find_volume(Manager *m, Call *c, const char *dev) {
+        Volume *v = volume_find(m, dev);
+        int r;
+
+        if (v)
+                return v;
+        r = volume_adopt(m, dev, &v);
+        if (r >= 0)
+                return v;
+        if (r == -ENOENT)
+                call_errorf(c, CMEK_ERROR_VOLUME_NOT_FOUND, "'%s' is not a volume bound by cmekd (no cmek token)", dev);
+        else
+                reply_errno(c, r, dev, NULL);
+        return NULL;
+}
+
+static int authorize_volume(Manager *m, Call *c, Volume *v, const char *verb, bool use_key) {
+        KeyInfo k = {};
+        const char *compartment = NULL;
+        int r;
+
+        if (v->key_id && key_lookup(m, v->key_id, &k) >= 0)
+                compartment = k.compartment;
+        r = manager_authorize(m, c, verb, "volumes", compartment, v->key_id, v->uuid);
+        if (r >= 0 && use_key && v->key_id)
+                r = manager_authorize(m, c, "use", "keys", compartment, v->key_id, NULL);
+        key_info_done(&k);
+        return r;
+}
+
+static int method_unlock(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device"), *name = cmek_json_get_string(params, "name");
+        bool test = cmek_json_get_bool(params, "test", false);
+        _cleanup_free_ char *defname = NULL;
+        Volume *v;
+        int r;
+
+        if (!dev)
+                return invalid(c, "\"device\" (string) is required");
+        if (name && (!*name || strchr(name, '/') || strlen(name) > 127))
+                return invalid(c, "\"name\" must be a device-mapper name (no '/', at most 127 bytes)");
+        v = find_volume(m, c, dev);
+        if (!v)
+                return 0;
+        if (authorize_volume(m, c, v, "use", true) < 0)
+                return 0;
+        if (!test && !name) {
+                if (asprintf(&defname, "cmek-%s", v->uuid) < 0)
+                        return -ENOMEM;
+                name = defname;
+        }
+        r = volume_activate(m, v, test ? NULL : name);
+        audit(m, c, "key.used", r < 0 ? "failed" : "ok", v, NULL, NULL,
+              test ? "unwrap checked against the keyslot (--test)" : name);
+        if (r < 0)
+                return reply_errno(c, r, v->path, r == -ENOKEY && v->state != VOLUME_BOUND ? NULL : v->key_id);
+        if (!test)
+                audit(m, c, "volume.unlocked", "ok", v, NULL, NULL, name);
+        return reply_volume(m, c, v, false);
+}
+
+static int method_lock(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device");
+        Volume *v;
+        int r;
+
+        if (!dev)
+                return invalid(c, "\"device\" (string) is required");
+        v = find_volume(m, c, dev);
+        if (!v)
+                return 0;
+        if (authorize_volume(m, c, v, "use", false) < 0)
+                return 0;
+        r = volume_deactivate(m, v);
+        if (r == -ENXIO)
+                return call_errorf(c, CMEK_ERROR_INVALID_TRANSITION, "'%s' is not unlocked by cmekd", dev);
+        if (r < 0)
+                return reply_errno(c, r, v->path, NULL);
+        audit(m, c, "volume.locked", "ok", v, NULL, NULL, NULL);
+        return reply_volume(m, c, v, false);
+}
+
+/* The token plugin's call: the header it read (or the device, read here) -> the DEK. */
+static int method_unwrap(Manager *m, Call *c, json_object *params) {
+        const char *uuid = cmek_json_get_string(params, "uuid"), *why = NULL;
+        json_object *tok;
+        CmekToken t = CMEK_TOKEN_NULL;
+        _cleanup_secure_ void *dek = NULL;
+        KeyInfo k = {};
+        int r;
+
+        if (!uuid || !json_object_object_get_ex(params, "token", &tok) || !json_object_is_type(tok, json_type_object))
+                return invalid(c, "\"uuid\" (string) and \"token\" (object) are required");
+        r = cmek_token_parse(json_object_to_json_string_ext(tok, JSON_C_TO_STRING_PLAIN), &t, &why);
+        if (r < 0)
+                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "malformed cmek token: %s", why);
+
+        r = key_lookup(m, t.key_id, &k);
+        if (r < 0) {
+                reply_errno(c, r, NULL, t.key_id);
+                goto out;
+        }
+        if (manager_authorize(m, c, "use", "keys", k.compartment, k.id, NULL) < 0 ||
+            manager_authorize(m, c, "use", "volumes", k.compartment, k.id, uuid) < 0)
+                goto out;
+        r = volume_unwrap_token(m, uuid, &t, &dek);
+        {
+                AuditRecord rec = {
+                        .event = "key.used", .operation = call_method(c), .result = r < 0 ? "failed" : "ok",
+                        .key_id = t.key_id, .volume = uuid, .detail = "unwrap for the token plugin",
+                };
+                (void) manager_audit(m, c, &rec);
+        }
+        if (r < 0) {
+                reply_errno(c, r, uuid, t.key_id);
+                goto out;
+        }
+        {
+                json_object *extra = json_object_new_object();
+                json_object_object_add(extra, "keyslot", json_object_new_int(t.keyslot));
+                json_object_object_add(extra, "key_version", json_object_new_int64(t.key_version));
+                call_reply_secret(c, "secret", dek, CMEK_DEK_SIZE, extra);
+        }
+out:
+        key_info_done(&k);
+        cmek_token_done(&t);
+        return 0;
+}
+
+static int method_rewrap(Manager *m, Call *c, json_object *params) {
+        const char *key = cmek_json_get_string(params, "key");
+        bool new_secret = cmek_json_get_bool(params, "new_secret", false), more = call_wants_more(c);
+        json_object *devs = NULL, *results = json_object_new_array(), *p;
+        VolumeRegistry *reg = m->volumes;
+        _cleanup_free_ Volume **list = NULL;
+        unsigned count[_REWRAP_RESULT_MAX] = {};
+        size_t n = 0;
+        KeyInfo k = {};
+        char detail[160];
+        int r;
+
+        if (json_object_object_get_ex(params, "devices", &devs) && !json_object_is_type(devs, json_type_array))
+                devs = NULL;
+        if (key) {
+                r = key_lookup(m, key, &k);
+                if (r < 0) {
+                        json_object_put(results);
+                        return reply_errno(c, r, NULL, key);
+                }
+        }
+        list = calloc(reg->n + (devs ? json_object_array_length(devs) : 0) + 1, sizeof(Volume *));
+        if (!list)
+                return -ENOMEM;
+        if (devs && json_object_array_length(devs) > 0) {
+                for (size_t i = 0; i < json_object_array_length(devs); i++) {
+                        const char *d = json_object_get_string(json_object_array_get_idx(devs, i));
+                        Volume *v = d ? find_volume(m, c, d) : NULL;
+                        if (!v) {
+                                json_object_put(results);
+                                key_info_done(&k);
+                                return d ? 0 : invalid(c, "\"devices\" must be strings");
+                        }
+                        list[n++] = v;
+                }
+        } else
+                for (size_t i = 0; i < reg->n; i++)
+                        if (reg->volumes[i]->state == VOLUME_BOUND && (!key || streq_ptr(reg->volumes[i]->key_id, k.id)))
+                                list[n++] = reg->volumes[i];
+        for (size_t i = 0; i < n; i++)
+                if (authorize_volume(m, c, list[i], "manage", true) < 0) {
+                        json_object_put(results);
+                        key_info_done(&k);
+                        return 0;
+                }
+
+        snprintf(detail, sizeof(detail), "%zu volume(s)%s", n, new_secret ? ", new keyslot secrets" : "");
+        audit(m, c, "volume.rewrap_started", "ok", NULL, key ? k.id : NULL, NULL, detail);
+        for (size_t i = 0; i < n; i++) {
+                Volume *v = list[i];
+                RewrapResult res;
+                json_object *e = json_object_new_object();
+
+                r = volume_rewrap(m, v, NULL, new_secret, &res);
+                count[res]++;
+                json_object_object_add(e, "uuid", json_object_new_string(v->uuid));
+                json_object_object_add(e, "path", v->path ? json_object_new_string(v->path) : NULL);
+                json_object_object_add(e, "result", json_object_new_string(rewrap_result_to_string(res)));
+                json_object_object_add(e, "key_version", json_object_new_int64(v->key_version));
+                if (r < 0)
+                        json_object_object_add(e, "error", json_object_new_string(strerror(-r)));
+                if (res == REWRAP_DONE)
+                        audit(m, c, "volume.rewrapped", "ok", v, NULL, NULL, new_secret ? "new keyslot secret" : NULL);
+                else if (res == REWRAP_FAILED)
+                        audit(m, c, "volume.rewrapped", "failed", v, NULL, NULL, strerror(-r));
+                if (more) {
+                        json_object *pp = json_object_new_object();
+                        json_object_object_add(pp, "progress", json_object_new_int64((int64_t) (i + 1)));
+                        json_object_object_add(pp, "total", json_object_new_int64((int64_t) n));
+                        json_object_object_add(pp, "volume", json_object_get(e));
+                        call_reply_more(c, pp);
+                }
+                json_object_array_add(results, e);
+        }
+        snprintf(detail, sizeof(detail), "%u rewrapped, %u current, %u unreachable, %u failed",
+                 count[REWRAP_DONE], count[REWRAP_CURRENT], count[REWRAP_UNREACHABLE], count[REWRAP_FAILED]);
+        audit(m, c, "volume.rewrap_completed", count[REWRAP_FAILED] ? "partial" : "ok", NULL, key ? k.id : NULL, NULL, detail);
+        key_info_done(&k);
+        p = json_object_new_object();
+        json_object_object_add(p, "rewrapped", json_object_new_int(count[REWRAP_DONE]));
+        json_object_object_add(p, "current", json_object_new_int(count[REWRAP_CURRENT]));
+        json_object_object_add(p, "unreachable", json_object_new_int(count[REWRAP_UNREACHABLE]));
+        json_object_object_add(p, "failed", json_object_new_int(count[REWRAP_FAILED]));
+        json_object_object_add(p, "results", results);
+        return call_reply(c, p);
+}
+
+static int method_unbind(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device");
+        bool remove_slot = cmek_json_get_bool(params, "remove_slot", false);
+        _cleanup_free_ char *uuid = NULL, *old_key = NULL;
+        KeyInfo def = {};
+        Volume *v;
+        int r;
+
+        if (!dev)
+                return invalid(c, "\"device\" (string) is required");
+        v = find_volume(m, c, dev);
+        if (!v)
+                return 0;
+        if (authorize_volume(m, c, v, "manage", true) < 0)
+                return 0;
+        uuid = strdup(v->uuid);
+        old_key = v->key_id ? strdup(v->key_id) : NULL;
+        if (!uuid)
+                return -ENOMEM;
+        if (remove_slot) {
+                r = volume_remove_slot(m, v);
+                if (r == -ENOTEMPTY)
+                        return call_errorf(c, CMEK_ERROR_INVALID_TRANSITION,
+                                           "removing the CMEK keyslot of '%s' would leave no keyslot: add a passphrase first "
+                                           "(cryptsetup luksAddKey --token-only %s) or unbind without --remove-slot", dev, dev);
+                if (r < 0)
+                        return reply_errno(c, r, dev, old_key);
+                audit(m, c, "volume.unbound", "ok", NULL, old_key, uuid, "CMEK keyslot and token removed");
+                return call_reply(c, NULL);
+        }
+        r = key_get_default(m, &def);
+        if (r < 0)
+                return call_errorf(c, CMEK_ERROR_VAULT_UNAVAILABLE, "the provider-managed default key is not available: %s", strerror(-r));
+        RewrapResult res;
+        r = volume_rewrap(m, v, def.id, false, &res);
+        if (r < 0) {
+                reply_errno(c, r, dev, r == -EKEYREVOKED || r == -EKEYEXPIRED || r == -ENOKEY ? old_key : def.id);
+                key_info_done(&def);
+                return 0;
+        }
+        key_info_done(&def);
+        audit(m, c, "volume.unbound", "ok", v, old_key, NULL, "re-wrapped under the provider-managed default key");
+        manager_event(m, "volume.key_removed", volume_to_json(m, v, false));
+        return reply_volume(m, c, v, false);
+}
+
+static int method_list(Manager *m, Call *c, json_object *params) {
+        VolumeRegistry *reg = m->volumes;
+        json_object *a = json_object_new_array(), *p;
+
+        if (manager_authorize(m, c, "inspect", "volumes", NULL, NULL, NULL) < 0) {
+                json_object_put(a);
+                return 0;
+        }
+        for (size_t i = 0; i < reg->n; i++)
+                json_object_array_add(a, volume_to_json(m, reg->volumes[i], false));
+        p = json_object_new_object();
+        json_object_object_add(p, "volumes", a);
+        return call_reply(c, p);
+}
+
+static int method_show(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device");
+        Volume *v;
+
+        if (!dev)
+                return invalid(c, "\"device\" (string) is required");
+        v = find_volume(m, c, dev);
+        if (!v)
+                return 0;
+        if (authorize_volume(m, c, v, "read", false) < 0)
+                return 0;
+        return reply_volume(m, c, v, true);
+}
+
+static int method_scan(Manager *m, Call *c, json_object *params) {
+        json_object *paths, *a = json_object_new_array(), *p;
+        int added = 0;
+
+        if (!json_object_object_get_ex(params, "paths", &paths) || !json_object_is_type(paths, json_type_array)) {
+                json_object_put(a);
+                return invalid(c, "\"paths\" ([]string) is required");
+        }
+        if (manager_authorize(m, c, "manage", "volumes", NULL, NULL, NULL) < 0) {
+                json_object_put(a);
+                return 0;
+        }
+        for (size_t i = 0; i < json_object_array_length(paths); i++) {
+                const char *path = json_object_get_string(json_object_array_get_idx(paths, i));
+                Volume *v = NULL;
+                int r = path ? volume_adopt(m, path, &v) : -EINVAL;
+                json_object *e = json_object_new_object();
+                json_object_object_add(e, "path", json_object_new_string(strempty(path)));
+                json_object_object_add(e, "result", json_object_new_string(
+                                       r == 0 ? "added" : r > 0 ? "known" : r == -ENOENT ? "not bound" :
+                                       r == -EMEDIUMTYPE ? "not LUKS2" : strerror(-r)));
+                if (v)
+                        json_object_object_add(e, "uuid", json_object_new_string(v->uuid));
+                if (r == 0) {
+                        added++;
+                        audit(m, c, "volume.adopted", "ok", v, NULL, NULL, path);
+                }
+                json_object_array_add(a, e);
+        }
+        p = json_object_new_object();
+        json_object_object_add(p, "added", json_object_new_int(added));
+        json_object_object_add(p, "results", a);
+        return call_reply(c, p);
+}
+
+static const Method volume_methods[] = {
+        { "io.cmek.Volume.Create", method_create },
+        { "io.cmek.Volume.Bind", method_bind },
+        { "io.cmek.Volume.Unbind", method_unbind },
+        { "io.cmek.Volume.Unlock", method_unlock },
+        { "io.cmek.Volume.Lock", method_lock },
+        { "io.cmek.Volume.Unwrap", method_unwrap },
+        { "io.cmek.Volume.Rewrap", method_rewrap },
+        { "io.cmek.Volume.List", method_list },
+        { "io.cmek.Volume.Show", method_show },
+        { "io.cmek.Volume.Scan", method_scan },
+        {}
+};
+
+const Interface interface_volume = {
+        .name = "io.cmek.Volume",
+        .description =
+                "# LUKS2 volumes whose per-volume secret (DEK) is wrapped by a master key; see cmek-token(7).\n"
+                "interface io.cmek.Volume\n"
+                "\n"
+                "type VolumeInfo (\n"
+                "  uuid: string,\n"
+                "  path: ?string,\n"
+                "  key_id: ?string,\n"
+                "  key_name: ?string,\n"
+                "  key_version: int,\n"
+                "  key_state: ?string,\n"
+                "  vault: ?string,\n"
+                "  keyslot: int,\n"
+                "  token: int,\n"
+                "  state: string,\n"
+                "  mapping: ?string,\n"
+                "  mapped: ?bool,\n"
+                "  provider_managed: bool,\n"
+                "  pending_rewrap: bool,\n"
+                "  suspended: bool,\n"
+                "  EncryptionKeyStatus: ?int,\n"
+                "  EncryptionKeyType: ?int,\n"
+                "  reachable: ?bool,\n"
+                "  other_keyslots: ?int,\n"
+                "  shred_status: ?string\n"
+                ")\n"
+                "\n"
+                "type RewrapResult (uuid: string, path: ?string, result: string, key_version: int, error: ?string)\n"
+                "\n"
+                "# Formats PATH as LUKS2 (a sparse image of size bytes when PATH does not exist) and binds it.\n"
+                "# Secrets are base64. Needs: use keys, manage volumes.\n"
+                "method Create(path: string, key: string, size: ?int, strict: ?bool, force: ?bool,\n"
+                "              recovery_passphrase: ?string) -> (volume: VolumeInfo)\n"
+                "\n"
+                "# Binds an existing LUKS2 volume (unlock_secret: an existing passphrase or key file, base64),\n"
+                "# or moves a bound one to another key. Needs: use keys, manage volumes.\n"
+                "method Bind(device: string, key: string, unlock_secret: ?string) -> (volume: VolumeInfo)\n"
+                "\n"
+                "# Re-wraps under the provider-managed default key, or removes the CMEK keyslot and token.\n"
+                "method Unbind(device: string, remove_slot: ?bool) -> (volume: ?VolumeInfo)\n"
+                "\n"
+                "# Unwraps the DEK and opens the CMEK keyslot; test: check only, no device-mapper.\n"
+                "# Needs: use volumes, use keys.\n"
+                "method Unlock(device: string, name: ?string, test: ?bool) -> (volume: VolumeInfo)\n"
+                "method Lock(device: string) -> (volume: VolumeInfo)\n"
+                "\n"
+                "# For the cryptsetup token plugin: the DEK of a cmek token read from the header of the\n"
+                "# volume with this LUKS UUID. Needs: use keys, use volumes.\n"
+                "method Unwrap(uuid: string, token: object) -> (secret: string, keyslot: int, key_version: int)\n"
+                "\n"
+                "# Re-wraps the volumes of a key (or the given devices, or all) under the newest key version;\n"
+                "# new_secret also replaces the keyslot secret. With more: one reply per volume.\n"
+                "method Rewrap(key: ?string, devices: ?[]string, new_secret: ?bool) -> (\n"
+                "  progress: ?int, total: ?int, volume: ?RewrapResult,\n"
+                "  rewrapped: ?int, current: ?int, unreachable: ?int, failed: ?int, results: ?[]RewrapResult)\n"
+                "\n"
+                "method List() -> (volumes: []VolumeInfo)\n"
+                "method Show(device: string) -> (volume: VolumeInfo)\n"
+                "# Registers bound volumes found at these paths (rebuilds a lost registry).\n"
+                "method Scan(paths: []string) -> (added: int, results: []object)\n"
+                "\n"
+                "error NotLUKS2 (device: string, message: string)\n"
+                "error VolumeNotFound (message: string)\n"
+                "error UnwrapFailed (message: string)\n"
+                "error DeviceError (device: ?string, message: string)\n"
+                "error AlreadyExists (device: ?string, message: string)\n"
+                "error KeyDisabled (key_id: string, state: string, message: string)\n"
+                "error KeyPendingDeletion (key_id: string, state: string, message: string)\n"
+                "error KeyDeleted (key_id: string, state: string, message: string)\n"
+                "error KeyNotFound (key_id: ?string, message: string)\n",
+        .methods = volume_methods,
+};

@@ -1,0 +1,1229 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Volumes: LUKS2 keyslots opened by per-volume DEKs, the DEKs wrapped in "cmek" tokens, the registry.
+ *
+ * Crash safety. Every LUKS2 metadata change below is one header commit, and libcryptsetup
+ * commits a header atomically: it writes both header copies with a new sequence id and a
+ * checksum over the JSON area, and on load takes the valid copy with the higher sequence id
+ * (repairing the other one). So a token write or keyslot change either happened or not.
+ * Procedures that need several commits are ordered so that after every one of them some
+ * cmek token opens some keyslot, and leave markers in the header (never only in the registry)
+ * so that volume_header_repair() can finish or undo them:
+ *
+ *   rewrap (same secret):   write the new token over the old one (same token id)      1 commit
+ *   rewrap --new-secret:    a. old token gets "pending_keyslot": P
+ *                           b. keyslot P added with a new DEK (opened by the old DEK)
+ *                           c. new token for P
+ *                           d. old keyslot destroyed (libcryptsetup unassigns it from the old token)
+ *                           e. old token removed
+ *   remove slot / shred:    keyslot destroyed, then its (now keyslot-less) token removed
+ *
+ * The registry (volumes.json) is a cache of what the headers say; the header wins. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <libcryptsetup.h>
+#include <openssl/rand.h>
+
+#include "cmek-fault.h"
+#include "cmek-log.h"
+#include "cmek-secmem.h"
+#include "cmek-varlink.h"
+#include "key.h"
+#include "volume.h"
+
+#define REGISTRY_FILE "volumes.json"
+#define REGISTRY_MAX (64U * 1024U * 1024U)
+
+/* The LUKS2 layout cmekd formats: 16 KiB JSON areas (x2) and a 4 MiB - 32 KiB keyslot area,
+ * room for 31 keyslots of a 512-bit volume key; data starts at 4 MiB instead of 16 MiB. */
+#define CMEK_METADATA_SIZE (16U * 1024U)
+#define CMEK_KEYSLOTS_SIZE (4U * 1024U * 1024U - 2U * CMEK_METADATA_SIZE)
+
+/* The DEK is 256 random bits: stretching it buys nothing, so its keyslot uses PBKDF2 at the
+ * minimum libcryptsetup allows (systemd-cryptenroll does the same for its tokens). The same
+ * holds for the volume key digest of volumes cmekd formats (the volume key is random too). */
+static const struct crypt_pbkdf_type pbkdf_minimal = {
+        .type = CRYPT_KDF_PBKDF2,
+        .hash = "sha256",
+        .iterations = 1000,
+        .flags = CRYPT_PBKDF_NO_BENCHMARK,
+};
+
+static const char *const volume_state_table[_VOLUME_STATE_MAX] = {
+        [VOLUME_BOUND] = "BOUND",
+        [VOLUME_UNRECOVERABLE] = "UNRECOVERABLE",
+        [VOLUME_KEY_DELETED] = "KEY_DELETED",
+        [VOLUME_SHRED_PENDING] = "SHRED_PENDING",
+};
+
+const char *volume_state_to_string(VolumeState s) {
+        return s >= 0 && s < _VOLUME_STATE_MAX ? volume_state_table[s] : NULL;
+}
+
+VolumeState volume_state_from_string(const char *s) {
+        for (int i = 0; i < _VOLUME_STATE_MAX; i++)
+                if (s && streq(s, volume_state_table[i]))
+                        return (VolumeState) i;
+        return _VOLUME_STATE_INVALID;
+}
+
+static const char *const rewrap_result_table[_REWRAP_RESULT_MAX] = {
+        [REWRAP_DONE] = "rewrapped",
+        [REWRAP_CURRENT] = "current",
+        [REWRAP_UNREACHABLE] = "unreachable",
+        [REWRAP_FAILED] = "failed",
+};
+
+const char *rewrap_result_to_string(RewrapResult r) {
+        return r < _REWRAP_RESULT_MAX ? rewrap_result_table[r] : NULL;
+}
+
+static void crypt_freep(struct crypt_device **cd) {
+        if (*cd)
+                crypt_free(*cd);
+}
+#define _cleanup_crypt_ _cleanup_(crypt_freep)
+
+static void crypt_log_cb(int level, const char *msg, void *usrptr) {
+        size_t n = strlen(msg);
+        /* libcryptsetup's messages end in a newline; they go to debug: we log the outcome once */
+        log_debug("libcryptsetup: %.*s", (int) (n > 0 && msg[n - 1] == '\n' ? n - 1 : n), msg);
+}
+
+/* ---- registry ---- */
+
+static Volume *volume_free(Volume *v) {
+        if (!v)
+                return NULL;
+        free(v->uuid);
+        free(v->path);
+        free(v->key_id);
+        free(v->vault);
+        free(v->mapping);
+        free(v);
+        return NULL;
+}
+
+static int set_str(char **p, const char *s) {
+        char *n = NULL;
+        if (streq_ptr(*p, s))
+                return 0;
+        if (s && !(n = strdup(s)))
+                return -ENOMEM;
+        free(*p);
+        *p = n;
+        return 0;
+}
+
+Volume *volume_find(Manager *m, const char *s) {
+        VolumeRegistry *reg = m->volumes;
+        char *real;
+
+        if (!reg || !s)
+                return NULL;
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq(reg->volumes[i]->uuid, s) || streq_ptr(reg->volumes[i]->path, s) ||
+                    streq_ptr(reg->volumes[i]->mapping, s))
+                        return reg->volumes[i];
+        /* a path given differently (relative, through a symlink) */
+        real = realpath(s, NULL);
+        if (real) {
+                for (size_t i = 0; i < reg->n; i++)
+                        if (streq_ptr(reg->volumes[i]->path, real)) {
+                                free(real);
+                                return reg->volumes[i];
+                        }
+                free(real);
+        }
+        return NULL;
+}
+
+static int registry_add(Manager *m, Volume *v) {
+        VolumeRegistry *reg = m->volumes;
+        Volume **n = realloc(reg->volumes, (reg->n + 1) * sizeof(Volume *));
+        if (!n)
+                return -ENOMEM;
+        reg->volumes = n;
+        reg->volumes[reg->n++] = v;
+        return 0;
+}
+
+int volume_registry_remove(Manager *m, Volume *v) {
+        VolumeRegistry *reg = m->volumes;
+        for (size_t i = 0; i < reg->n; i++)
+                if (reg->volumes[i] == v) {
+                        memmove(reg->volumes + i, reg->volumes + i + 1, (reg->n - i - 1) * sizeof(Volume *));
+                        reg->n--;
+                        volume_free(v);
+                        return volume_registry_save(m);
+                }
+        return -ENOENT;
+}
+
+static json_object *volume_to_registry_json(const Volume *v) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "uuid", json_object_new_string(v->uuid));
+        if (v->path)
+                json_object_object_add(o, "path", json_object_new_string(v->path));
+        if (v->key_id)
+                json_object_object_add(o, "key_id", json_object_new_string(v->key_id));
+        json_object_object_add(o, "key_version", json_object_new_int64(v->key_version));
+        if (v->vault)
+                json_object_object_add(o, "vault", json_object_new_string(v->vault));
+        json_object_object_add(o, "keyslot", json_object_new_int(v->keyslot));
+        json_object_object_add(o, "token", json_object_new_int(v->token));
+        json_object_object_add(o, "state", json_object_new_string(volume_state_to_string(v->state)));
+        if (v->mapping)
+                json_object_object_add(o, "mapping", json_object_new_string(v->mapping));
+        json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
+        json_object_object_add(o, "pending_rewrap", json_object_new_boolean(v->pending_rewrap));
+        json_object_object_add(o, "suspended", json_object_new_boolean(v->suspended));
+        return o;
+}
+
+int volume_registry_save(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        json_object *o = json_object_new_object(), *a = json_object_new_array();
+        const char *s;
+        int r;
+
+        json_object_object_add(o, "version", json_object_new_int(1));
+        for (size_t i = 0; i < reg->n; i++)
+                json_object_array_add(a, volume_to_registry_json(reg->volumes[i]));
+        json_object_object_add(o, "volumes", a);
+        s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+        r = cmek_write_file_atomic(reg->path, s, strlen(s), 0600);
+        json_object_put(o);
+        if (r < 0)
+                return log_error_errno(r, "Failed to write the volume registry %s: %m", reg->path);
+        return 0;
+}
+
+static int registry_load(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        _cleanup_free_ char *text = NULL;
+        json_object *o = NULL, *a;
+        int r;
+
+        r = cmek_read_file(reg->path, REGISTRY_MAX, &text, NULL);
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return log_error_errno(r, "Failed to read the volume registry %s: %m", reg->path);
+        o = json_tokener_parse(text);
+        if (!o || !json_object_object_get_ex(o, "volumes", &a) || !json_object_is_type(a, json_type_array)) {
+                json_object_put(o);
+                /* keep the broken file for inspection; the headers are the truth: rebuild by scanning */
+                log_warning("The volume registry %s does not parse, starting empty; "
+                            "run 'cmekctl volume scan' to rebuild it.", reg->path);
+                return 0;
+        }
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+                json_object *e = json_object_array_get_idx(a, i);
+                const char *uuid = cmek_json_get_string(e, "uuid");
+                int64_t n;
+                Volume *v;
+
+                if (!uuid)
+                        continue;
+                v = calloc(1, sizeof(*v));
+                if (!v || !(v->uuid = strdup(uuid))) {
+                        volume_free(v);
+                        json_object_put(o);
+                        return -ENOMEM;
+                }
+                if (set_str(&v->path, cmek_json_get_string(e, "path")) < 0 ||
+                    set_str(&v->key_id, cmek_json_get_string(e, "key_id")) < 0 ||
+                    set_str(&v->vault, cmek_json_get_string(e, "vault")) < 0 ||
+                    set_str(&v->mapping, cmek_json_get_string(e, "mapping")) < 0) {
+                        volume_free(v);
+                        json_object_put(o);
+                        return -ENOMEM;
+                }
+                v->key_version = cmek_json_get_int64(e, "key_version", &n) ? (unsigned) n : 0;
+                v->keyslot = cmek_json_get_int64(e, "keyslot", &n) ? (int) n : -1;
+                v->token = cmek_json_get_int64(e, "token", &n) ? (int) n : -1;
+                v->state = volume_state_from_string(cmek_json_get_string(e, "state"));
+                if (v->state < 0)
+                        v->state = VOLUME_BOUND;
+                v->provider_managed = cmek_json_get_bool(e, "provider_managed", false);
+                v->pending_rewrap = cmek_json_get_bool(e, "pending_rewrap", false);
+                v->suspended = cmek_json_get_bool(e, "suspended", false);
+                r = registry_add(m, v);
+                if (r < 0) {
+                        volume_free(v);
+                        json_object_put(o);
+                        return r;
+                }
+        }
+        json_object_put(o);
+        return 0;
+}
+
+/* ---- LUKS2 header access ---- */
+
+static int luks2_open(const char *path, struct crypt_device **ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        const char *type;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return errno == ENOENT ? -ENODEV : -errno;
+        r = crypt_init(&cd, path);
+        if (r < 0)
+                return r == -ENOENT || r == -ENOTBLK ? -ENODEV : r;
+        crypt_set_log_callback(cd, crypt_log_cb, NULL);
+        r = crypt_load(cd, CRYPT_LUKS, NULL);
+        if (r == -EINVAL)
+                return -EMEDIUMTYPE;
+        if (r < 0)
+                return r;
+        type = crypt_get_type(cd);
+        if (!type || !streq(type, CRYPT_LUKS2))
+                return -EMEDIUMTYPE;
+        *ret = TAKE_PTR(cd);
+        return 0;
+}
+
+typedef struct HeaderTokens {
+        size_t n;
+        int id[CMEK_LUKS2_KEYSLOTS_MAX];
+        CmekToken t[CMEK_LUKS2_KEYSLOTS_MAX];
+} HeaderTokens;
+
+static void header_tokens_done(HeaderTokens *h) {
+        for (size_t i = 0; i < h->n; i++)
+                cmek_token_done(&h->t[i]);
+        h->n = 0;
+}
+
+/* All valid cmek tokens of the header; malformed ones are skipped (and logged). */
+static int read_cmek_tokens(struct crypt_device *cd, HeaderTokens *ret) {
+        int max = crypt_token_max(CRYPT_LUKS2);
+
+        ret->n = 0;
+        for (int id = 0; id < max && ret->n < ARRAY_SIZE(ret->id); id++) {
+                const char *type = NULL, *json = NULL, *why = NULL;
+                crypt_token_info st = crypt_token_status(cd, id, &type);
+                CmekToken t = CMEK_TOKEN_NULL;
+
+                if (st == CRYPT_TOKEN_INACTIVE || st == CRYPT_TOKEN_INVALID || !type || !streq(type, CMEK_TOKEN_TYPE))
+                        continue;
+                if (crypt_token_json_get(cd, id, &json) < 0)
+                        continue;
+                if (cmek_token_parse(json, &t, &why) < 0) {
+                        log_warning("%s: cmek token %d is malformed (%s), ignoring.", crypt_get_device_name(cd), id, why);
+                        continue;
+                }
+                ret->id[ret->n] = id;
+                ret->t[ret->n++] = t;
+        }
+        return 0;
+}
+
+static int count_active_keyslots(struct crypt_device *cd, int except) {
+        int max = crypt_keyslot_max(CRYPT_LUKS2), n = 0;
+        for (int i = 0; i < max; i++) {
+                crypt_keyslot_info st = crypt_keyslot_status(cd, i);
+                if (i != except && (st == CRYPT_SLOT_ACTIVE || st == CRYPT_SLOT_ACTIVE_LAST))
+                        n++;
+        }
+        return n;
+}
+
+static bool keyslot_active(struct crypt_device *cd, int slot) {
+        crypt_keyslot_info st = crypt_keyslot_status(cd, slot);
+        return st == CRYPT_SLOT_ACTIVE || st == CRYPT_SLOT_ACTIVE_LAST;
+}
+
+static int first_free_keyslot(struct crypt_device *cd) {
+        int max = crypt_keyslot_max(CRYPT_LUKS2);
+        for (int i = 0; i < max; i++)
+                if (crypt_keyslot_status(cd, i) == CRYPT_SLOT_INACTIVE)
+                        return i;
+        return -ENOSPC;
+}
+
+static int write_token(struct crypt_device *cd, int id, const CmekToken *t) {
+        _cleanup_free_ char *json = NULL;
+        int r = cmek_token_to_json(t, &json);
+        if (r < 0)
+                return r;
+        return crypt_token_json_set(cd, id, json);
+}
+
+/* Finishes or undoes an interrupted multi-step procedure (see the top of the file). Afterwards
+ * the header has at most one cmek token with a keyslot and no markers. Returns the number of
+ * repairs done. */
+static int volume_header_repair(struct crypt_device *cd) {
+        HeaderTokens h = {};
+        int r, repaired = 0;
+
+        r = read_cmek_tokens(cd, &h);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < h.n; i++) {
+                CmekToken *t = &h.t[i];
+                bool successor = false;
+
+                if (t->pending_keyslot >= 0)
+                        for (size_t j = 0; j < h.n; j++)
+                                if (j != i && h.t[j].keyslot == t->pending_keyslot)
+                                        successor = true;
+                if (t->keyslot < 0) {
+                        /* after d. (or a remove-slot/shred): the keyslot is gone, the token is dead */
+                        r = crypt_token_json_set(cd, h.id[i], NULL);
+                } else if (t->pending_keyslot >= 0 && successor) {
+                        /* after c.: the new token opens the new keyslot; retire the old pair */
+                        r = crypt_keyslot_destroy(cd, t->keyslot);
+                        cmek_fault("repair-after-keyslot-destroy");
+                        if (r >= 0)
+                                r = crypt_token_json_set(cd, h.id[i], NULL);
+                } else if (t->pending_keyslot >= 0) {
+                        /* after a. or b.: undo; the new DEK was never wrapped anywhere */
+                        r = 0;
+                        if (keyslot_active(cd, t->pending_keyslot))
+                                r = crypt_keyslot_destroy(cd, t->pending_keyslot);
+                        t->pending_keyslot = -1;
+                        if (r >= 0)
+                                r = write_token(cd, h.id[i], t);
+                } else
+                        continue;
+                if (r < 0) {
+                        header_tokens_done(&h);
+                        return log_error_errno(r, "%s: failed to repair an interrupted re-wrap: %m",
+                                               crypt_get_device_name(cd));
+                }
+                log_info("%s: finished an interrupted re-wrap/removal (token %d).", crypt_get_device_name(cd), h.id[i]);
+                repaired++;
+        }
+        header_tokens_done(&h);
+        return repaired;
+}
+
+/* The one cmek token that opens a keyslot (after repair). -ENOENT when unbound. */
+static int find_bound_token(struct crypt_device *cd, int *ret_id, CmekToken *ret) {
+        HeaderTokens h = {};
+        int r = -ENOENT;
+
+        (void) read_cmek_tokens(cd, &h);
+        for (size_t i = 0; i < h.n; i++)
+                if (h.t[i].keyslot >= 0 && keyslot_active(cd, h.t[i].keyslot)) {
+                        *ret_id = h.id[i];
+                        *ret = h.t[i];
+                        h.t[i] = (CmekToken) CMEK_TOKEN_NULL;
+                        r = 0;
+                        break;
+                }
+        header_tokens_done(&h);
+        return r;
+}
+
+/* ---- wrap / unwrap ---- */
+
+int volume_unwrap_token(Manager *m, const char *uuid, const CmekToken *t, void **ret_dek) {
+        _cleanup_free_ uint8_t *aad = NULL;
+        size_t aad_size;
+        void *pt = NULL;
+        int r;
+
+        if (t->keyslot < 0)
+                return -ENOENT;
+        r = cmek_token_aad(uuid, t->keyslot, t->key_id, t->key_version, &aad, &aad_size);
+        if (r < 0)
+                return r;
+        r = key_decrypt(m, t->key_id, t->key_version, aad, aad_size, t->iv, t->ciphertext,
+                        sizeof(t->ciphertext), t->tag, &pt);
+        if (r < 0)
+                return r;
+        *ret_dek = pt;
+        return 0;
+}
+
+/* Wraps dek for (uuid, keyslot) under the newest version of key; fills t (keyslot, key, iv, ...). */
+static int wrap_dek(Manager *m, const char *uuid, int keyslot, const KeyInfo *key, const void *dek, CmekToken *t) {
+        _cleanup_free_ uint8_t *aad = NULL;
+        size_t aad_size;
+        unsigned version = 0;
+        int r;
+
+        cmek_token_done(t);
+        r = cmek_token_aad(uuid, keyslot, key->id, key->current_version, &aad, &aad_size);
+        if (r < 0)
+                return r;
+        r = key_encrypt(m, key->id, key->current_version, aad, aad_size, dek, CMEK_DEK_SIZE,
+                        &version, t->iv, t->ciphertext, t->tag);
+        if (r < 0)
+                return r;
+        if (version != key->current_version)
+                return -ESTALE;
+        t->keyslot = keyslot;
+        t->pending_keyslot = -1;
+        t->cmek_version = CMEK_TOKEN_VERSION;
+        t->key_version = version;
+        t->key_id = strdup(key->id);
+        t->vault = strdup(key->vault ?: "default");
+        if (!t->key_id || !t->vault)
+                return -ENOMEM;
+        return 0;
+}
+
+static int new_dek(void **ret) {
+        void *d = cmek_secure_alloc(CMEK_DEK_SIZE);
+        if (!d)
+                return -ENOMEM;
+        if (RAND_priv_bytes(d, CMEK_DEK_SIZE) != 1) {
+                cmek_secure_free(d);
+                return -EIO;
+        }
+        *ret = d;
+        return 0;
+}
+
+static int volume_update_from_token(Volume *v, int token_id, const CmekToken *t, const KeyInfo *key) {
+        v->token = token_id;
+        v->keyslot = t->keyslot;
+        v->key_version = t->key_version;
+        v->state = VOLUME_BOUND;
+        v->pending_rewrap = false;
+        if (key)
+                v->provider_managed = key->provider_managed;
+        if (set_str(&v->key_id, t->key_id) < 0 || set_str(&v->vault, t->vault) < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+static int volume_new(struct crypt_device *cd, const char *path, Volume **ret) {
+        Volume *v = calloc(1, sizeof(*v));
+        char *real = realpath(path, NULL);
+
+        if (!v || !(v->uuid = strdup(crypt_get_uuid(cd) ?: ""))) {
+                free(real);
+                volume_free(v);
+                return -ENOMEM;
+        }
+        v->path = real ?: strdup(path);
+        v->keyslot = v->token = -1;
+        v->state = VOLUME_BOUND;
+        if (!v->path) {
+                volume_free(v);
+                return -ENOMEM;
+        }
+        *ret = v;
+        return 0;
+}
+
+/* Adds the CMEK keyslot (opened with dek) and its token: the shared tail of create and bind.
+ * unlock NULL: cd holds the volume key (right after crypt_format). On any failure after the
+ * keyslot exists, the keyslot is destroyed again: bad input never leaves a half binding. */
+static int bind_new_keyslot(Manager *m, struct crypt_device *cd, const KeyInfo *key,
+                            const void *unlock, size_t unlock_size, int *ret_slot, int *ret_token, CmekToken *ret_t) {
+        _cleanup_secure_ void *dek = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int slot, tok, r;
+
+        r = new_dek(&dek);
+        if (r < 0)
+                return r;
+        r = crypt_set_pbkdf_type(cd, &pbkdf_minimal);
+        if (r < 0)
+                return r;
+        if (unlock)
+                slot = crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, unlock, unlock_size, dek, CMEK_DEK_SIZE);
+        else
+                slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, dek, CMEK_DEK_SIZE);
+        if (slot < 0)
+                return slot == -ENOENT ? -EPERM : slot;
+        cmek_fault("bind-after-keyslot-add");
+        r = wrap_dek(m, crypt_get_uuid(cd), slot, key, dek, &t);
+        if (r >= 0) {
+                /* the token names its keyslot in the same commit: token activation tries only it */
+                tok = write_token(cd, CRYPT_ANY_TOKEN, &t);
+                r = tok;
+        }
+        if (r < 0) {
+                int q = crypt_keyslot_destroy(cd, slot);
+                if (q < 0)
+                        log_warning_errno(q, "Failed to remove keyslot %d again after a failed bind, ignoring: %m", slot);
+                cmek_token_done(&t);
+                return r;
+        }
+        *ret_slot = slot;
+        *ret_token = tok;
+        *ret_t = t;
+        return 0;
+}
+
+static int lookup_key(Manager *m, const char *key_id, KeyInfo *ret) {
+        int r = key_lookup(m, key_id, ret);
+        if (r < 0)
+                return r;
+        switch (ret->state) {
+        case KEY_STATE_ENABLED:
+                return 0;
+        case KEY_STATE_DISABLED:
+                r = -EKEYREVOKED;
+                break;
+        case KEY_STATE_PENDING_DELETION:
+                r = -EKEYEXPIRED;
+                break;
+        default:
+                r = -ENOKEY;
+        }
+        key_info_done(ret);
+        return r;
+}
+
+static int zero_or_force(const char *path, bool force) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        uint8_t buf[65536];
+        ssize_t n;
+
+        if (fd < 0)
+                return -errno;
+        n = read(fd, buf, sizeof(buf));
+        if (n < 0)
+                return -errno;
+        for (ssize_t i = 0; i < n; i++)
+                if (buf[i] != 0)
+                        return force ? 0 : -ENOTEMPTY;
+        return 0;
+}
+
+int volume_create(Manager *m, const char *path, uint64_t size, const char *key_id, bool force,
+                  const void *recovery, size_t recovery_size, Volume **ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        struct crypt_params_luks2 params = { .sector_size = 512 };
+        KeyInfo key = {};
+        CmekToken t = CMEK_TOKEN_NULL;
+        Volume *v = NULL;
+        bool created = false;
+        int slot = -1, tok = -1, r;
+
+        r = lookup_key(m, key_id, &key);
+        if (r < 0)
+                return r;
+
+        if (access(path, F_OK) < 0) {
+                _cleanup_close_ int fd = -1;
+                if (errno != ENOENT || size == 0) {
+                        r = errno == ENOENT ? -ENODEV : -errno;
+                        goto out;
+                }
+                fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                if (fd < 0 || ftruncate(fd, (off_t) size) < 0) {
+                        r = -errno;
+                        goto out;
+                }
+                created = true;
+        } else {
+                /* never format over a LUKS volume (any version), nor over data unless forced */
+                r = crypt_init(&cd, path);
+                if (r < 0)
+                        goto out;
+                r = crypt_load(cd, CRYPT_LUKS, NULL);
+                crypt_free(TAKE_PTR(cd));
+                if (r >= 0) {
+                        r = -EEXIST;
+                        goto out;
+                }
+                r = zero_or_force(path, force);
+                if (r < 0)
+                        goto out;
+        }
+
+        r = crypt_init(&cd, path);
+        if (r < 0)
+                goto out;
+        crypt_set_log_callback(cd, crypt_log_cb, NULL);
+        /* no stretching of the volume key digest either: the volume key is random (see above) */
+        r = crypt_set_pbkdf_type(cd, &pbkdf_minimal);
+        if (r >= 0)
+                r = crypt_set_metadata_size(cd, CMEK_METADATA_SIZE, CMEK_KEYSLOTS_SIZE);
+        if (r >= 0)
+                r = crypt_format(cd, CRYPT_LUKS2, "aes", "xts-plain64", NULL, NULL, 64, &params);
+        if (r < 0)
+                goto out;
+        cmek_fault("create-after-format");
+
+        r = bind_new_keyslot(m, cd, &key, NULL, 0, &slot, &tok, &t);
+        if (r < 0)
+                goto out;
+        if (recovery) {
+                /* a passphrase is low-entropy: it gets the default memory-hard PBKDF */
+                r = crypt_set_pbkdf_type(cd, NULL);
+                if (r >= 0)
+                        r = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, recovery, recovery_size);
+                if (r < 0)
+                        goto out;
+        }
+
+        r = volume_new(cd, path, &v);
+        if (r >= 0)
+                r = volume_update_from_token(v, tok, &t, &key);
+        if (r >= 0)
+                r = registry_add(m, v);
+        if (r < 0) {
+                volume_free(v);
+                goto out;
+        }
+        r = volume_registry_save(m);
+        if (r < 0)
+                goto out;
+        *ret = v;
+        r = 0;
+out:
+        if (r < 0 && created) {
+                crypt_free(TAKE_PTR(cd));
+                (void) unlink(path);
+        }
+        cmek_token_done(&t);
+        key_info_done(&key);
+        return r;
+}
+
+int volume_bind(Manager *m, const char *path, const char *key_id,
+                const void *unlock, size_t unlock_size, Volume **ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        KeyInfo key = {};
+        Volume *v;
+        int slot, tok, r;
+
+        r = luks2_open(path, &cd);
+        if (r < 0)
+                return r;
+        r = volume_header_repair(cd);
+        if (r < 0)
+                return r;
+
+        r = find_bound_token(cd, &tok, &t);
+        if (r >= 0) {
+                /* already bound: "bind --key OTHER" moves it to another key */
+                cmek_token_done(&t);
+                v = volume_find(m, crypt_get_uuid(cd));
+                if (!v) {
+                        r = volume_adopt(m, path, &v);
+                        if (r < 0)
+                                return r;
+                }
+                crypt_free(TAKE_PTR(cd));
+                r = set_str(&v->path, path);
+                if (r < 0)
+                        return r;
+                RewrapResult res;
+                r = volume_rewrap(m, v, key_id, false, &res);
+                if (r < 0)
+                        return r;
+                *ret = v;
+                return 1;
+        }
+
+        if (!unlock)
+                return -ENOKEY;
+        r = lookup_key(m, key_id, &key);
+        if (r < 0)
+                return r;
+        r = bind_new_keyslot(m, cd, &key, unlock, unlock_size, &slot, &tok, &t);
+        if (r < 0)
+                goto out;
+        v = volume_find(m, crypt_get_uuid(cd));
+        if (!v) {
+                r = volume_new(cd, path, &v);
+                if (r < 0)
+                        goto out;
+                r = registry_add(m, v);
+                if (r < 0) {
+                        volume_free(v);
+                        goto out;
+                }
+        }
+        r = set_str(&v->path, path);
+        if (r >= 0)
+                r = volume_update_from_token(v, tok, &t, &key);
+        if (r >= 0)
+                r = volume_registry_save(m);
+        if (r >= 0) {
+                *ret = v;
+                r = 0;
+        }
+out:
+        cmek_token_done(&t);
+        key_info_done(&key);
+        return r;
+}
+
+/* Opens the volume's header at its known path and checks that it is the same volume. */
+static int volume_open_header(Volume *v, struct crypt_device **ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        int r;
+
+        if (!v->path)
+                return -ENODEV;
+        r = luks2_open(v->path, &cd);
+        if (r < 0)
+                return r;
+        if (!streq_ptr(crypt_get_uuid(cd), v->uuid))
+                return -ENODEV; /* something else is at that path now */
+        *ret = TAKE_PTR(cd);
+        return 0;
+}
+
+int volume_activate(Manager *m, Volume *v, const char *name) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        _cleanup_secure_ void *dek = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int tok, r;
+
+        if (v->state != VOLUME_BOUND)
+                return -ENOKEY;
+        r = volume_open_header(v, &cd);
+        if (r < 0)
+                return r;
+        r = volume_header_repair(cd);
+        if (r < 0)
+                return r;
+        r = find_bound_token(cd, &tok, &t);
+        if (r < 0)
+                return r;
+        r = volume_unwrap_token(m, v->uuid, &t, &dek);
+        if (r >= 0)
+                r = crypt_activate_by_passphrase(cd, name, t.keyslot, dek, CMEK_DEK_SIZE, 0);
+        if (r >= 0 && name) {
+                r = set_str(&v->mapping, name);
+                v->suspended = false;
+                if (r >= 0)
+                        r = volume_registry_save(m);
+        }
+        cmek_token_done(&t);
+        return r < 0 ? r : 0;
+}
+
+int volume_deactivate(Manager *m, Volume *v) {
+        int r;
+
+        if (!v->mapping)
+                return -ENXIO;
+        r = crypt_deactivate(NULL, v->mapping);
+        if (r < 0 && r != -ENODEV)
+                return r;
+        free(v->mapping);
+        v->mapping = NULL;
+        v->suspended = false;
+        return volume_registry_save(m);
+}
+
+/* Re-wrap, keeping the keyslot secret: one token commit. */
+static int rewrap_same_secret(Manager *m, struct crypt_device *cd, Volume *v, int tok,
+                              const CmekToken *old, const KeyInfo *key) {
+        _cleanup_secure_ void *dek = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int r;
+
+        r = volume_unwrap_token(m, v->uuid, old, &dek);
+        if (r < 0)
+                return r;
+        cmek_fault("rewrap-after-unwrap");
+        r = wrap_dek(m, v->uuid, old->keyslot, key, dek, &t);
+        if (r >= 0)
+                r = write_token(cd, tok, &t);
+        cmek_fault("rewrap-after-token-write");
+        if (r >= 0)
+                r = volume_update_from_token(v, tok, &t, key);
+        cmek_token_done(&t);
+        return r;
+}
+
+/* Re-wrap with a new keyslot secret: steps a.-e. at the top of the file. */
+static int rewrap_new_secret(Manager *m, struct crypt_device *cd, Volume *v, int tok,
+                             CmekToken *old, const KeyInfo *key) {
+        _cleanup_secure_ void *dek = NULL, *dek2 = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int slot, tok2, r;
+
+        r = volume_unwrap_token(m, v->uuid, old, &dek);
+        if (r < 0)
+                return r;
+        slot = first_free_keyslot(cd);
+        if (slot < 0)
+                return slot;
+        /* a. */
+        old->pending_keyslot = slot;
+        r = write_token(cd, tok, old);
+        if (r < 0)
+                return r;
+        cmek_fault("newsecret-after-pending-mark");
+        /* b. */
+        r = new_dek(&dek2);
+        if (r >= 0)
+                r = crypt_set_pbkdf_type(cd, &pbkdf_minimal);
+        if (r >= 0)
+                r = crypt_keyslot_add_by_passphrase(cd, slot, dek, CMEK_DEK_SIZE, dek2, CMEK_DEK_SIZE);
+        if (r < 0)
+                goto undo;
+        cmek_fault("newsecret-after-keyslot-add");
+        /* c. */
+        r = wrap_dek(m, v->uuid, slot, key, dek2, &t);
+        if (r < 0)
+                goto undo;
+        tok2 = write_token(cd, CRYPT_ANY_TOKEN, &t);
+        if (tok2 < 0) {
+                r = tok2;
+                goto undo;
+        }
+        cmek_fault("newsecret-after-token-add");
+        /* d. e. are exactly what repair does for a token whose successor exists */
+        r = volume_header_repair(cd);
+        cmek_fault("newsecret-after-old-removed");
+        if (r >= 0)
+                r = volume_update_from_token(v, tok2, &t, key);
+        cmek_token_done(&t);
+        return r;
+undo:
+        cmek_token_done(&t);
+        (void) volume_header_repair(cd);
+        return r;
+}
+
+int volume_rewrap(Manager *m, Volume *v, const char *new_key_id, bool new_secret, RewrapResult *ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        CmekToken old = CMEK_TOKEN_NULL;
+        KeyInfo key = {};
+        int tok, r;
+
+        *ret = REWRAP_FAILED;
+        if (v->state != VOLUME_BOUND)
+                return -ENOKEY;
+        r = volume_open_header(v, &cd);
+        if (r == -ENODEV) {
+                *ret = REWRAP_UNREACHABLE;
+                v->pending_rewrap = true;
+                (void) volume_registry_save(m);
+                return r;
+        }
+        if (r < 0)
+                return r;
+        r = volume_header_repair(cd);
+        if (r < 0)
+                return r;
+        r = find_bound_token(cd, &tok, &old);
+        if (r < 0)
+                return r;
+        r = lookup_key(m, new_key_id ?: old.key_id, &key);
+        if (r < 0)
+                goto out;
+        if (!new_secret && streq(old.key_id, key.id) && old.key_version == key.current_version) {
+                r = volume_update_from_token(v, tok, &old, &key);
+                if (r >= 0)
+                        r = volume_registry_save(m);
+                *ret = REWRAP_CURRENT;
+                goto out;
+        }
+        if (new_secret)
+                r = rewrap_new_secret(m, cd, v, tok, &old, &key);
+        else
+                r = rewrap_same_secret(m, cd, v, tok, &old, &key);
+        if (r >= 0) {
+                r = volume_registry_save(m);
+                *ret = REWRAP_DONE;
+        }
+out:
+        cmek_token_done(&old);
+        key_info_done(&key);
+        return r;
+}
+
+int volume_remove_slot(Manager *m, Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int tok, r;
+
+        r = volume_open_header(v, &cd);
+        if (r < 0)
+                return r;
+        r = volume_header_repair(cd);
+        if (r < 0)
+                return r;
+        r = find_bound_token(cd, &tok, &t);
+        if (r < 0)
+                return r;
+        if (count_active_keyslots(cd, t.keyslot) == 0) {
+                cmek_token_done(&t);
+                return -ENOTEMPTY;
+        }
+        r = crypt_keyslot_destroy(cd, t.keyslot);
+        cmek_fault("remove-after-keyslot-destroy");
+        if (r >= 0)
+                r = crypt_token_json_set(cd, tok, NULL);
+        cmek_token_done(&t);
+        if (r < 0)
+                return r;
+        return volume_registry_remove(m, v);
+}
+
+int volume_adopt(Manager *m, const char *path, Volume **ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        KeyInfo key = {};
+        Volume *v;
+        int tok, r, known = 1;
+
+        r = luks2_open(path, &cd);
+        if (r < 0)
+                return r;
+        r = volume_header_repair(cd);
+        if (r < 0)
+                return r;
+        r = find_bound_token(cd, &tok, &t);
+        if (r < 0)
+                return r;
+        v = volume_find(m, crypt_get_uuid(cd));
+        if (!v) {
+                r = volume_new(cd, path, &v);
+                if (r >= 0 && (r = registry_add(m, v)) < 0)
+                        volume_free(v);
+                if (r < 0)
+                        goto out;
+                known = 0;
+        }
+        if (key_lookup(m, t.key_id, &key) >= 0) {
+                r = volume_update_from_token(v, tok, &t, &key);
+                key_info_done(&key);
+        } else
+                r = volume_update_from_token(v, tok, &t, NULL);
+        if (r >= 0) {
+                char *real = realpath(path, NULL);
+                r = set_str(&v->path, real ?: path);
+                free(real);
+        }
+        if (r >= 0)
+                r = volume_registry_save(m);
+        if (r >= 0) {
+                if (ret)
+                        *ret = v;
+                r = known;
+        }
+out:
+        cmek_token_done(&t);
+        return r;
+}
+
+/* ---- key hooks ---- */
+
+static void audit_volume(Manager *m, const char *event, const char *result, const Volume *v, const char *detail) {
+        AuditRecord rec = {
+                .event = event,
+                .operation = "cmekd",
+                .result = result,
+                .key_id = v->key_id,
+                .volume = v->uuid,
+                .detail = detail,
+        };
+        (void) manager_audit(m, NULL, &rec);
+}
+
+/* The key is gone: destroy the CMEK keyslot (its DEK can never be unwrapped again) and the
+ * token. Without another keyslot the volume is crypto-shredded. */
+static int volume_shred(Manager *m, Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int tok, others, r;
+
+        r = volume_open_header(v, &cd);
+        if (r == -ENODEV) {
+                v->state = VOLUME_SHRED_PENDING;
+                audit_volume(m, "volume.shred_pending", "unreachable", v,
+                             "key deleted while the volume is unreachable; shredded when it is seen again");
+                return volume_registry_save(m);
+        }
+        if (r < 0)
+                return r;
+        (void) volume_header_repair(cd);
+        r = find_bound_token(cd, &tok, &t);
+        if (r >= 0) {
+                r = crypt_keyslot_destroy(cd, t.keyslot);
+                cmek_fault("shred-after-keyslot-destroy");
+                if (r >= 0)
+                        r = crypt_token_json_set(cd, tok, NULL);
+                cmek_token_done(&t);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to destroy the CMEK keyslot of %s: %m", v->path);
+        }
+        others = count_active_keyslots(cd, -1);
+        v->keyslot = v->token = -1;
+        v->pending_rewrap = false;
+        if (others > 0) {
+                v->state = VOLUME_KEY_DELETED;
+                audit_volume(m, "volume.shredded", "not-shredded", v, "not shredded: has other keyslots");
+                log_notice("%s: key %s deleted, CMEK keyslot destroyed; not shredded: has %d other keyslot(s).",
+                           v->path, v->key_id, others);
+        } else {
+                v->state = VOLUME_UNRECOVERABLE;
+                audit_volume(m, "volume.shredded", "ok", v, "crypto-shredded: no keyslot left");
+                log_notice("%s: key %s deleted, volume crypto-shredded (UNRECOVERABLE).", v->path, v->key_id);
+        }
+        return volume_registry_save(m);
+}
+
+/* Disable / pending deletion: every active mapping of a bound volume is locked at once. A
+ * suspended mapping keeps its I/O queued and its key wiped from the kernel; it resumes with
+ * 'volume unlock' once the key is enabled again (never automatically). */
+static void volume_lock_mapping(Manager *m, Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        int r;
+
+        if (!v->mapping || v->suspended)
+                return;
+        r = crypt_init_by_name(&cd, v->mapping);
+        if (r < 0) {
+                /* not active any more */
+                free(v->mapping);
+                v->mapping = NULL;
+                return;
+        }
+        r = crypt_deactivate(cd, v->mapping);
+        if (r == -EBUSY)
+                r = crypt_suspend(cd, v->mapping), v->suspended = r >= 0;
+        else if (r >= 0) {
+                free(v->mapping);
+                v->mapping = NULL;
+        }
+        audit_volume(m, "volume.locked", r >= 0 ? "ok" : "failed", v,
+                     v->suspended ? "key disabled: mapping suspended, key wiped from the kernel"
+                                  : "key disabled: mapping closed");
+}
+
+void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, int new_state) {
+        VolumeRegistry *reg = m->volumes;
+
+        if (!reg)
+                return;
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                if (!streq_ptr(v->key_id, key_id))
+                        continue;
+                if (new_state == KEY_STATE_DELETED && (v->state == VOLUME_BOUND || v->state == VOLUME_SHRED_PENDING))
+                        (void) volume_shred(m, v);
+                else if (new_state == KEY_STATE_DISABLED || new_state == KEY_STATE_PENDING_DELETION)
+                        volume_lock_mapping(m, v);
+        }
+        (void) volume_registry_save(m);
+}
+
+void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
+        VolumeRegistry *reg = m->volumes;
+        unsigned n[_REWRAP_RESULT_MAX] = {};
+        char detail[160];
+        AuditRecord rec = { .event = "volume.rewrap_started", .operation = "cmekd", .result = "ok", .key_id = key_id };
+
+        if (!reg)
+                return;
+        (void) manager_audit(m, NULL, &rec);
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                RewrapResult res;
+                int r;
+
+                if (!streq_ptr(v->key_id, key_id) || v->state != VOLUME_BOUND)
+                        continue;
+                r = volume_rewrap(m, v, NULL, false, &res);
+                if (r < 0 && res != REWRAP_UNREACHABLE)
+                        log_warning_errno(r, "Failed to re-wrap %s under %s version %u, ignoring: %m",
+                                          v->path, key_id, new_version);
+                n[res]++;
+        }
+        (void) snprintf(detail, sizeof(detail), "version %u: %u rewrapped, %u current, %u unreachable, %u failed",
+                        new_version, n[REWRAP_DONE], n[REWRAP_CURRENT], n[REWRAP_UNREACHABLE], n[REWRAP_FAILED]);
+        rec.event = "volume.rewrap_completed";
+        rec.result = n[REWRAP_FAILED] ? "partial" : "ok";
+        rec.detail = detail;
+        (void) manager_audit(m, NULL, &rec);
+        log_info("Key %s rotated: %s.", key_id, detail);
+}
+
+int volumes_init(Manager *m) {
+        VolumeRegistry *reg;
+
+        /* never dlopen our own token plugin into the daemon: it would call the daemon */
+        crypt_token_external_disable();
+        crypt_set_log_callback(NULL, crypt_log_cb, NULL);
+        cmek_fault_enable(m->test_hooks);
+        reg = calloc(1, sizeof(*reg));
+        if (!reg)
+                return -ENOMEM;
+        if (asprintf(&reg->path, "%s/" REGISTRY_FILE, m->state_dir) < 0) {
+                free(reg);
+                return -ENOMEM;
+        }
+        m->volumes = reg;
+        return registry_load(m);
+}
+
+void volumes_done(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        if (!reg)
+                return;
+        for (size_t i = 0; i < reg->n; i++)
+                volume_free(reg->volumes[i]);
+        free(reg->volumes);
+        free(reg->path);
+        free(reg);
+        m->volumes = NULL;
+}
+
+/* ---- presentation ---- */
+
+static bool mapping_active(const char *name) {
+        return name && crypt_status(NULL, name) >= CRYPT_ACTIVE;
+}
+
+json_object *volume_to_json(Manager *m, Volume *v, bool with_header) {
+        json_object *o = volume_to_registry_json(v);
+        KeyInfo key = {};
+        bool enabled = false;
+
+        if (v->key_id && key_lookup(m, v->key_id, &key) >= 0) {
+                json_object_object_add(o, "key_state", json_object_new_string(key_state_to_string(key.state)));
+                json_object_object_add(o, "key_name", key.name ? json_object_new_string(key.name) : NULL);
+                enabled = key.state == KEY_STATE_ENABLED;
+                v->provider_managed = key.provider_managed;
+                key_info_done(&key);
+        } else
+                json_object_object_add(o, "key_state", json_object_new_string(
+                                       v->state == VOLUME_BOUND ? "UNKNOWN" : "DELETED"));
+        json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
+        json_object_object_add(o, "mapped", json_object_new_boolean(mapping_active(v->mapping)));
+        /* the seeds' two metrics */
+        json_object_object_add(o, "EncryptionKeyStatus", json_object_new_int(enabled && v->state == VOLUME_BOUND));
+        json_object_object_add(o, "EncryptionKeyType", json_object_new_int(!v->provider_managed));
+
+        if (with_header) {
+                _cleanup_crypt_ struct crypt_device *cd = NULL;
+                const char *shred;
+                int others = -1;
+
+                if (volume_open_header(v, &cd) >= 0) {
+                        others = count_active_keyslots(cd, v->state == VOLUME_BOUND ? v->keyslot : -1);
+                        json_object_object_add(o, "other_keyslots", json_object_new_int(others));
+                        json_object_object_add(o, "reachable", json_object_new_boolean(true));
+                } else
+                        json_object_object_add(o, "reachable", json_object_new_boolean(false));
+                switch (v->state) {
+                case VOLUME_UNRECOVERABLE:
+                        shred = "shredded: no keyslot left, the data is unrecoverable";
+                        break;
+                case VOLUME_KEY_DELETED:
+                        shred = "not shredded: has other keyslots";
+                        break;
+                case VOLUME_SHRED_PENDING:
+                        shred = "shred pending: the key is deleted, the volume was unreachable";
+                        break;
+                default:
+                        shred = others < 0 ? "unknown: volume unreachable" :
+                                others == 0 ? "CMEK only: deleting the key shreds this volume" :
+                                "recoverable: other keyslots would survive a key deletion";
+                }
+                json_object_object_add(o, "shred_status", json_object_new_string(shred));
+        }
+        return o;
+}

@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Volumes: per-volume DEKs in LUKS2 keyslots, wrapped by a master key in a "cmek" token; the registry. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <json-c/json.h>
+
+#include "cmek-token.h"
+#include "manager.h"
+
+typedef enum VolumeState {
+        VOLUME_BOUND,           /* CMEK keyslot and token present */
+        VOLUME_UNRECOVERABLE,   /* key deleted, CMEK keyslot destroyed, no other keyslot: crypto-shredded */
+        VOLUME_KEY_DELETED,     /* key deleted, CMEK keyslot destroyed, another keyslot remains: not shredded */
+        VOLUME_SHRED_PENDING,   /* key deleted while the volume was unreachable: shredded when it is seen */
+        _VOLUME_STATE_MAX,
+        _VOLUME_STATE_INVALID = -EINVAL,
+} VolumeState;
+
+const char *volume_state_to_string(VolumeState s);
+VolumeState volume_state_from_string(const char *s);
+
+typedef struct Volume {
+        char *uuid;             /* LUKS2 UUID: the identity */
+        char *path;             /* last known path (image file or block device) */
+        char *key_id;
+        unsigned key_version;
+        char *vault;
+        int keyslot;            /* the CMEK keyslot, -1 when gone */
+        int token;              /* the cmek token id, -1 when gone */
+        VolumeState state;
+        char *mapping;          /* dm-crypt name while unlocked by cmekd, else NULL */
+        bool provider_managed;  /* bound to the broker's default key (EncryptionKeyType 0) */
+        bool pending_rewrap;    /* a rotation could not reach it: re-wrap when it is back */
+        bool suspended;         /* locked by a key disable (crypt_suspend), waits for restore */
+} Volume;
+
+struct VolumeRegistry {
+        char *path;             /* <state-dir>/volumes.json */
+        Volume **volumes;
+        size_t n;
+};
+
+typedef enum RewrapResult {
+        REWRAP_DONE,
+        REWRAP_CURRENT,
+        REWRAP_UNREACHABLE,
+        REWRAP_FAILED,
+        _REWRAP_RESULT_MAX,
+} RewrapResult;
+const char *rewrap_result_to_string(RewrapResult r);
+
+/* module hooks (daemon/modules.c) */
+int volumes_init(Manager *m);
+void volumes_done(Manager *m);
+void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, int new_state);
+void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version);
+
+/* registry */
+Volume *volume_find(Manager *m, const char *uuid_path_or_name);
+int volume_registry_save(Manager *m);
+int volume_registry_remove(Manager *m, Volume *v);
+
+/* Errors of every operation below: -EMEDIUMTYPE not LUKS2, -ENODEV no such device/image,
+ * -EEXIST already formatted/bound, -EPERM the unlock secret opens nothing, -ENOTEMPTY it would
+ * leave no keyslot, -ENOSPC no free keyslot/token, and key_encrypt()/key_decrypt()'s errors. */
+
+/* Formats PATH (creates a sparse image of size bytes when it does not exist and size > 0) and
+ * binds it. recovery (may be NULL) adds a passphrase keyslot (Argon2id, the default PBKDF). */
+int volume_create(Manager *m, const char *path, uint64_t size, const char *key_id, bool force,
+                  const void *recovery, size_t recovery_size, Volume **ret);
+/* Adds a CMEK keyslot to an existing LUKS2 volume, opening it once with unlock (a passphrase or
+ * key file contents). On a bound volume moves it to key_id instead (unlock not needed). */
+int volume_bind(Manager *m, const char *path, const char *key_id,
+                const void *unlock, size_t unlock_size, Volume **ret);
+/* Unwraps the DEK of a token read from the header of the volume with this UUID. */
+int volume_unwrap_token(Manager *m, const char *uuid, const CmekToken *t, void **ret_dek);
+/* Opens the CMEK keyslot: name NULL only checks (no device-mapper needed). */
+int volume_activate(Manager *m, Volume *v, const char *name);
+int volume_deactivate(Manager *m, Volume *v);
+/* Re-wraps under new_key_id (NULL: the same key) at its newest version; new_secret also
+ * replaces the keyslot secret. Crash-safe: see the comment in volume.c. */
+int volume_rewrap(Manager *m, Volume *v, const char *new_key_id, bool new_secret, RewrapResult *ret);
+/* Destroys the CMEK keyslot and token; refused (-ENOTEMPTY) when no other keyslot remains. */
+int volume_remove_slot(Manager *m, Volume *v);
+/* Registers a LUKS2 volume that carries a cmek token (registry rebuild). 0 added, 1 known. */
+int volume_adopt(Manager *m, const char *path, Volume **ret);
+
+/* The JSON object of io.cmek.Volume's VolumeInfo; with_header also reads the header (keyslots). */
+json_object *volume_to_json(Manager *m, Volume *v, bool with_header);
