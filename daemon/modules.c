@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Start and stop the daemon's feature modules in a fixed order. */
 #include "daemon.h"
+#include "vault.h"
 
 typedef struct Module {
         const char *name;
@@ -13,6 +14,7 @@ typedef struct Module {
 
 static const Module modules[] = {
         /* { "vault", vaults_init, vaults_done, NULL, NULL }, */
+        { "keys", keys_init, keys_done, NULL, NULL },   /* vaults and master keys: daemon/key.c */
         { NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -6,7 +6,11 @@
 #include "manager.h"
 
 /* Example: extern const Interface interface_key; then add &interface_key below. */
-#define DAEMON_EXTRA_INTERFACES
+/* vaults and master keys: daemon/api-key.c */
+extern const Interface interface_vault;
+extern const Interface interface_key;
+#define DAEMON_EXTRA_INTERFACES \
+        &interface_vault, &interface_key,
 
 /* Called in order at start (after policy and audit are up) and in reverse at stop. */
 int modules_init(Manager *m);

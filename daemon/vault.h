@@ -96,3 +96,60 @@ int vault_secret_import(Vault *v, VaultWrapAlgorithm alg, const void *blob, size
 
 /* Maps a PKCS#11 return value to -errno. */
 int vault_rv_to_errno(CK_RV rv);
+
+/* --- the key store (daemon/key.c) as daemon/api-key.c uses it --- */
+#include "key.h"
+
+typedef struct Key Key;         /* one key's metadata object, as read from its token */
+
+int keys_init(Manager *m);      /* the module hook: vaults, then the scheduler */
+void keys_done(Manager *m);
+VaultSet *keys_vaults(Manager *m);
+
+/* By id, or by name ("NAME" or "COMPARTMENT/NAME"); -ENOENT, -ENOTUNIQ (name in several
+ * compartments). Carries out a deletion that is due. */
+int key_load(Manager *m, const char *id_or_name, Key **ret);
+Key *key_free(Key *k);
+static inline void key_freep(Key **k) { key_free(*k); }
+int key_load_all(Manager *m, Key ***ret, size_t *ret_n);
+void key_array_free(Key **a, size_t n);
+json_object *key_to_json(Manager *m, Key *k);   /* KeyInfo of the IDL */
+const char *key_get_id(const Key *k);
+const char *key_get_name(const Key *k);
+const char *key_get_compartment(const Key *k);
+KeyState key_get_state(const Key *k);
+bool key_is_provider_managed(const Key *k);
+
+typedef struct KeyCreateParams {
+        const char *name, *compartment, *vault; /* vault NULL: default */
+        unsigned bits;                          /* 128, 192, 256 */
+        bool software;                          /* protection mode */
+        unsigned rotation_interval_days;        /* 0: manual only */
+        bool provider_managed;
+        /* import: */
+        VaultWrapAlgorithm wrap_algorithm;
+        const void *wrapped;
+        size_t wrapped_size;
+} KeyCreateParams;
+/* -EEXIST (name taken in compartment), -ENODEV (no such vault), -ENXIO (vault unavailable,
+ * *ret_reason says why), -EINVAL, import: -EBADMSG, -EMSGSIZE, -ENOKEY (no wrapping key). */
+int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const char **ret_reason);
+
+typedef enum KeyOp {
+        KEY_OP_ENABLE,
+        KEY_OP_DISABLE,
+        KEY_OP_SCHEDULE_DELETION,
+        KEY_OP_CANCEL_DELETION,
+        KEY_OP_ROTATE,
+        _KEY_OP_MAX,
+} KeyOp;
+const char *key_op_to_string(KeyOp op);
+/* Allowed operations from a state, as a JSON array of strings. */
+json_object *key_allowed_ops(KeyState s);
+/* -EBADR when the state machine forbids op from the key's state (caller replies
+ * InvalidStateTransition), -EPERM for the provider-managed key. Audits. days: for
+ * schedule-deletion. ret_version: for rotate (may be NULL). */
+int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *ret_version);
+/* Deletions and rotations due at now; fills arrays of key ids (may be NULL). */
+int key_run_scheduled(Manager *m, uint64_t now_usec, json_object *ret_deleted, json_object *ret_rotated);
+size_t key_count_in_vault(Manager *m, const char *vault);
