@@ -225,10 +225,19 @@ int cmek_token_parse(const char *json, CmekToken *ret, const char **ret_reason) 
                                 OOM();
                         seen |= F_CREATED;
                 } else
-                        FAIL("unknown field");
+                        FAIL("unknown field (cmek_version 1 defines no such field)");
         }
-        if ((seen & F_REQUIRED) != F_REQUIRED)
-                FAIL("a required field is missing");
+        if ((seen & F_REQUIRED) != F_REQUIRED) {
+                static const char *const missing[] = {
+                        "\"type\" is missing", "\"keyslots\" is missing", "\"cmek_version\" is missing",
+                        "\"key_id\" is missing", "\"key_version\" is missing", "\"vault\" is missing",
+                        "\"alg\" is missing", "\"iv\" is missing", "\"ciphertext\" is missing",
+                        "\"tag\" is missing", "\"created\" is missing",
+                };
+                for (size_t i = 0; i < ARRAY_SIZE(missing); i++)
+                        if (!(seen & (1U << i)))
+                                FAIL(missing[i]);
+        }
         if (t.pending_keyslot >= 0 && t.pending_keyslot == t.keyslot)
                 FAIL("\"pending_keyslot\" equals the token's keyslot");
 

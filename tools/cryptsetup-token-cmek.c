@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* libcryptsetup-token-cmek.so: libcryptsetup's external token plugin for "cmek" tokens. It asks
+ * cmekd to unwrap the volume's DEK and hands it to libcryptsetup; it never talks to a vault. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <libcryptsetup.h>
+#include <json-c/json.h>
+#include <openssl/evp.h>
+
+#include "cmek-protocol.h"
+#include "cmek-secmem.h"
+#include "cmek-token.h"
+#include "cmek-util.h"
+#include "cmek-varlink.h"
+
+#define CMEK_PLUGIN_TIMEOUT_MS 5000  /* per read/write: a hung broker must not hang the boot */
+
+#define _public_ __attribute__((visibility("default")))
+
+/* The exported ABI (tools/libcryptsetup-token.sym, node CRYPTSETUP_TOKEN_1.0). */
+_public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **buffer, size_t *buffer_len, void *usrptr);
+_public_ void cryptsetup_token_buffer_free(void *buffer, size_t buffer_len);
+_public_ int cryptsetup_token_validate(struct crypt_device *cd, const char *json);
+_public_ void cryptsetup_token_dump(struct crypt_device *cd, const char *json);
+_public_ const char *cryptsetup_token_version(void);
+
+/* Maps a cmekd error to what libcryptsetup expects. -EAGAIN: the key source is absent for now
+ * (the broker is not running); -EPERM: this token cannot open the volume (key disabled,
+ * deleted, access denied, wrong volume). Both let libcryptsetup try the next token and the
+ * cryptsetup CLI fall back to a passphrase prompt (unless --token-only). */
+static int error_to_errno(const char *error) {
+        if (streq(error, CMEK_ERROR_VAULT_UNAVAILABLE) || streq(error, CMEK_ERROR_BUSY))
+                return -EAGAIN;
+        return -EPERM;
+}
+
+static int decode_secret(json_object *reply, char **ret, size_t *ret_size) {
+        json_object *v;
+        const char *s;
+        size_t len;
+        unsigned char *buf;
+        int n;
+
+        if (!json_object_object_get_ex(reply, "secret", &v) || !json_object_is_type(v, json_type_string))
+                return -EBADMSG;
+        s = json_object_get_string(v);
+        len = strlen(s);
+        if (len != 4 * ((CMEK_DEK_SIZE + 2) / 3)) {
+                cmek_json_wipe_string(v);
+                return -EBADMSG;
+        }
+        buf = cmek_secure_alloc(len / 4 * 3);
+        if (!buf) {
+                cmek_json_wipe_string(v);
+                return -ENOMEM;
+        }
+        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
+        cmek_json_wipe_string(v);
+        if (n != (int) (len / 4 * 3)) {
+                cmek_secure_free(buf);
+                return -EBADMSG;
+        }
+        *ret = (char *) buf;
+        *ret_size = CMEK_DEK_SIZE;
+        return 0;
+}
+
+/* cd: the device being unlocked; token: the id of our token in its header; buffer/buffer_len:
+ * where the keyslot passphrase goes (freed by cryptsetup_token_buffer_free); usrptr: unused. */
+_public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **buffer, size_t *buffer_len, void *usrptr) {
+        _cleanup_(cmek_client_freep) CmekClient *client = NULL;
+        _cleanup_free_ char *error = NULL;
+        const char *json = NULL, *uuid, *path, *why = NULL, *msg;
+        json_object *params = NULL, *tok = NULL, *reply = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        int r;
+
+        r = crypt_token_json_get(cd, token, &json);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_DEBUG, "cmek: cannot read token %d: %s", token, strerror(-r));
+                return -ENOENT;
+        }
+        r = cmek_token_parse(json, &t, &why);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: token %d is malformed: %s", token, why);
+                return -ENOENT;
+        }
+        uuid = crypt_get_uuid(cd);
+        if (!uuid) {
+                cmek_token_done(&t);
+                return -ENOENT;
+        }
+
+        path = cmek_client_socket_path(NULL);
+        r = cmek_client_connect(path, CMEK_PLUGIN_TIMEOUT_MS, &client);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd is not reachable at %s: %s (key %s)",
+                           path, strerror(-r), t.key_id);
+                cmek_token_done(&t);
+                return -EAGAIN;
+        }
+
+        tok = json_tokener_parse(json);
+        params = json_object_new_object();
+        if (!tok || !params) {
+                r = -ENOMEM;
+                goto out;
+        }
+        json_object_object_add(params, "uuid", json_object_new_string(uuid));
+        json_object_object_add(params, "token", json_object_get(tok));
+        r = cmek_client_call(client, "io.cmek.Volume.Unwrap", params, &reply, &error);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd at %s did not answer: %s (key %s)",
+                           path, strerror(-r), t.key_id);
+                r = -EAGAIN;
+                goto out;
+        }
+        if (error) {
+                msg = cmek_json_get_string(reply, "message");
+                if (streq(error, CMEK_ERROR_KEY_DISABLED) || streq(error, CMEK_ERROR_KEY_PENDING_DELETION) ||
+                    streq(error, CMEK_ERROR_KEY_DELETED))
+                        crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: key %s is %s: cmekd refuses to unwrap the volume key.",
+                                   t.key_id, cmek_json_get_string(reply, "state") ?: error);
+                else
+                        crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd refused to unwrap (key %s): %s%s%s",
+                                   t.key_id, error, msg ? ": " : "", msg ?: "");
+                r = error_to_errno(error);
+                goto out;
+        }
+        r = decode_secret(reply, buffer, buffer_len);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd sent a malformed reply.");
+                r = -EPERM;
+                goto out;
+        }
+        crypt_logf(cd, CRYPT_LOG_DEBUG, "cmek: unwrapped by cmekd with key %s version %u.", t.key_id, t.key_version);
+        r = 0;
+out:
+        json_object_put(reply);
+        json_object_put(params);
+        json_object_put(tok);
+        cmek_token_done(&t);
+        return r;
+}
+
+/* buffer/buffer_len: what cryptsetup_token_open() returned; wiped before it is freed. */
+_public_ void cryptsetup_token_buffer_free(void *buffer, size_t buffer_len) {
+        (void) buffer_len; /* cmek_secure_free knows the size and wipes it all */
+        cmek_secure_free(buffer);
+}
+
+/* Called for "cryptsetup token import" and before every open: a side-effect-free schema check.
+ * Returns 0 when json is a valid cmek token. */
+_public_ int cryptsetup_token_validate(struct crypt_device *cd, const char *json) {
+        const char *why = NULL;
+        int r = cmek_token_validate(json, &why);
+        if (r < 0) {
+                crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: invalid cmek token: %s.", why ?: strerror(-r));
+                return 1;
+        }
+        return 0;
+}
+
+/* For "cryptsetup luksDump": which key wraps the DEK. Never the wrapped DEK, IV or tag. */
+_public_ void cryptsetup_token_dump(struct crypt_device *cd, const char *json) {
+        CmekToken t = CMEK_TOKEN_NULL;
+        const char *why = NULL;
+
+        if (cmek_token_parse(json, &t, &why) < 0) {
+                crypt_logf(cd, CRYPT_LOG_NORMAL, "\tcmek:       malformed token (%s)\n", why);
+                return;
+        }
+        crypt_logf(cd, CRYPT_LOG_NORMAL, "\tKey:        %s (version %u)\n", t.key_id, t.key_version);
+        crypt_logf(cd, CRYPT_LOG_NORMAL, "\tVault:      %s\n", t.vault);
+        crypt_logf(cd, CRYPT_LOG_NORMAL, "\tWrapping:   %s (cmek token v%u)\n", CMEK_TOKEN_ALG, t.cmek_version);
+        crypt_logf(cd, CRYPT_LOG_NORMAL, "\tWrapped:    %s\n", t.created);
+        if (t.pending_keyslot >= 0)
+                crypt_logf(cd, CRYPT_LOG_NORMAL, "\tPending:    keyslot %d (interrupted re-wrap; cmekd finishes it)\n",
+                           t.pending_keyslot);
+        cmek_token_done(&t);
+}
+
+_public_ const char *cryptsetup_token_version(void) {
+        return PACKAGE_VERSION;
+}
