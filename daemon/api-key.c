@@ -241,10 +241,14 @@ static int apply(Manager *m, Call *c, json_object *params, KeyOp op) {
         old = key_get_state(k);
         r = key_apply(m, c, k, op, days, &version);
         if (r == -EBADR) {
-                char msg[256];
-                json_object *e;
-                snprintf(msg, sizeof(msg), "Key is %s: '%s' is not allowed from this state.",
-                         key_state_to_string(old), key_op_to_string(op));
+                char msg[256], allowed[128] = "";
+                json_object *e, *a = key_allowed_ops(old);
+                for (size_t i = 0; i < json_object_array_length(a); i++)
+                        snprintf(allowed + strlen(allowed), sizeof(allowed) - strlen(allowed), "%s%s", i ? ", " : "",
+                                 json_object_get_string(json_object_array_get_idx(a, i)));
+                json_object_put(a);
+                snprintf(msg, sizeof(msg), "Key is %s: '%s' is not allowed from this state; allowed: %s.",
+                         key_state_to_string(old), key_op_to_string(op), allowed[0] ? allowed : "nothing (final state)");
                 e = error_params(msg);
                 json_object_object_add(e, "key", json_object_new_string(key_get_id(k)));
                 json_object_object_add(e, "current_state", json_object_new_string(key_state_to_string(old)));

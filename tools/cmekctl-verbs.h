@@ -2,4 +2,5 @@
 /* The verb tables of cmekctl's modules; each module adds its extern and its table here. */
 #pragma once
 /* extern const Verb key_verbs[];  then: #define CTL_EXTRA_VERB_TABLES key_verbs, */
-#define CTL_EXTRA_VERB_TABLES
+extern const Verb key_verbs[];    /* tools/cmekctl-key.c: vault, key */
+#define CTL_EXTRA_VERB_TABLES key_verbs,
