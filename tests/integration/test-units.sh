@@ -12,9 +12,23 @@ for u in "$top_srcdir"/systemd/*.socket "$top_srcdir"/systemd/*.service "$top_sr
     n=$(basename "$u" .in)
     sed -e "s|@sbindir@|$top_builddir|g" -e "s|@libexecdir@|$top_builddir|g" -e "s|@bindir@|$top_builddir|g" "$u" >"$d/$n"
 done
+# the crypttab drop-in, on the unit systemd-cryptsetup-generator writes for a crypttab line
+gen=/lib/systemd/system-generators/systemd-cryptsetup-generator
+if [ -x "$gen" ]; then
+    mkdir -p "$d/systemd-cryptsetup@.service.d" "$TEST_TMP/gen"
+    cp "$top_srcdir/systemd/cmekd-cryptsetup.conf" "$d/systemd-cryptsetup@.service.d/cmekd.conf"
+    echo "vol UUID=11111111-2222-3333-4444-555555555555 none headless=true" >"$TEST_TMP/crypttab"
+    SYSTEMD_CRYPTTAB="$TEST_TMP/crypttab" "$gen" "$TEST_TMP/gen" "$TEST_TMP/gen" "$TEST_TMP/gen"
+    cp "$TEST_TMP/gen/systemd-cryptsetup@vol.service" "$d/"
+fi
 ls "$d"
-(cd "$d" && systemd-analyze verify --man=no ./*) 2>&1 | tee "$TEST_TMP/verify"
+(cd "$d" && find . -maxdepth 1 -type f -print0 | xargs -0 systemd-analyze verify --man=no) 2>&1 | tee "$TEST_TMP/verify"
 [ -s "$TEST_TMP/verify" ] && fail "systemd-analyze verify complained"
+if [ -x "$gen" ]; then
+    (cd "$d" && SYSTEMD_LOG_LEVEL=debug systemd-analyze verify --man=no ./systemd-cryptsetup@vol.service) >"$TEST_TMP/dropin" 2>&1 || true
+    grep -q 'DropIn Path: .*systemd-cryptsetup@.service.d/cmekd.conf' "$TEST_TMP/dropin" || fail "crypttab drop-in not loaded"
+    grep -q 'After: cmekd.socket' "$TEST_TMP/dropin" || fail "crypttab units are not ordered after cmekd.socket"
+fi
 
 # exposure: keep the service at "OK" or better (systemd-analyze security scale: lower is better)
 level=$(systemd-analyze security --offline=yes "$d/cmekd.service" 2>/dev/null | sed -n 's/.*Overall exposure level for cmekd.service: \([0-9.]*\).*/\1/p')
