@@ -2,6 +2,7 @@
 /* Start and stop the daemon's feature modules in a fixed order. */
 #include "daemon.h"
 #include "vault.h"
+#include "volume.h"
 
 typedef struct Module {
         const char *name;
@@ -15,6 +16,8 @@ typedef struct Module {
 static const Module modules[] = {
         /* { "vault", vaults_init, vaults_done, NULL, NULL }, */
         { "keys", keys_init, keys_done, NULL, NULL },   /* vaults and master keys: daemon/key.c */
+        /* after the keys: re-wraps on rotation, locks on disable, shreds on deletion */
+        { "volumes", volumes_init, volumes_done, volumes_key_state_changed, volumes_key_rotated },
         { NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -9,8 +9,11 @@
 /* vaults and master keys: daemon/api-key.c */
 extern const Interface interface_vault;
 extern const Interface interface_key;
+/* volumes: daemon/api-volume.c */
+extern const Interface interface_volume;
 #define DAEMON_EXTRA_INTERFACES \
-        &interface_vault, &interface_key,
+        &interface_vault, &interface_key, \
+        &interface_volume,
 
 /* Called in order at start (after policy and audit are up) and in reverse at stop. */
 int modules_init(Manager *m);

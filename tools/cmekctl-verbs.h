@@ -3,4 +3,5 @@
 #pragma once
 /* extern const Verb key_verbs[];  then: #define CTL_EXTRA_VERB_TABLES key_verbs, */
 extern const Verb key_verbs[];    /* tools/cmekctl-key.c: vault, key */
-#define CTL_EXTRA_VERB_TABLES key_verbs,
+extern const Verb volume_verbs[]; /* tools/cmekctl-volume.c: volume */
+#define CTL_EXTRA_VERB_TABLES key_verbs, volume_verbs,
