@@ -121,7 +121,7 @@ int main(int argc, char *argv[]) {
         CmekToken t = CMEK_TOKEN_NULL;
         struct stat st;
         const char *uuid;
-        int r, id = -1, in_crypttab;
+        int id = -1, in_crypttab, ret = 0;
 
         if (argc != 2 || argv[1][0] == '-') {
                 fprintf(stderr, "Usage: %s DEVICE\n"
@@ -138,8 +138,8 @@ int main(int argc, char *argv[]) {
                 return 0;
         if (crypt_init(&cd, argv[1]) < 0)
                 return 0;
-        r = crypt_load(cd, CRYPT_LUKS2, NULL);
-        if (r < 0)
+        /* not LUKS2, unreadable, or a header being written: not ours (for now) */
+        if (crypt_load(cd, CRYPT_LUKS2, NULL) < 0)
                 goto out;
         uuid = crypt_get_uuid(cd);
         if (!uuid_is_canonical(uuid))
@@ -172,9 +172,10 @@ int main(int argc, char *argv[]) {
                         putchar(*p == '-' ? '/' : *p);
                 printf("\nCMEK_ATTACH=1\n");
         }
-        r = fflush(stdout) == 0 ? 0 : -EIO;
+        if (fflush(stdout) != 0)
+                ret = 1;
 out:
         cmek_token_done(&t);
         crypt_free(cd);
-        return r == -EIO ? 1 : 0;
+        return ret;
 }
