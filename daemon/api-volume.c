@@ -138,15 +138,14 @@ static int get_secret(json_object *params, const char *name, void **ret, size_t 
         if (!buf)
                 return -ENOMEM;
         n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
+        /* EVP_DecodeBlock counts padding as zero bytes: drop them (before wiping the text) */
+        if (n >= 0 && s[len - 1] == '=')
+                n -= s[len - 2] == '=' ? 2 : 1;
         cmek_json_wipe_string(v);
         if (n < 0) {
                 cmek_secure_free(buf);
                 return -EINVAL;
         }
-        if (s[len - 1] == '=')
-                n--;
-        if (len > 1 && s[len - 2] == '=')
-                n--;
         *ret = buf;
         *ret_size = (size_t) n;
         return 1;
