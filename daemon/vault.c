@@ -24,6 +24,7 @@
 #include "vault.h"
 
 #define PIN_MAX 256U
+#define VAULT_RETRY_USEC (5ULL * 1000000ULL)
 
 struct Vault {
         char *name;
@@ -40,6 +41,7 @@ struct Vault {
         CK_SESSION_HANDLE session;
         bool have_session;
         bool pin_refused;       /* never retry a wrong PIN by ourselves: it would lock the token */
+        uint64_t failed_usec;   /* last failed attempt (monotonic): retried at most every few seconds */
         char *reason;           /* why unavailable; NULL when usable */
 };
 
@@ -369,17 +371,29 @@ out:
         return r;
 }
 
+static int vault_connect_now(Vault *v);
+
 /* Loads the module, finds the token, opens the session and logs in; sets v->reason on failure. */
 static int vault_connect(Vault *v) {
-        CK_TOKEN_INFO ti;
-        CK_RV rv;
-        bool found;
         int r;
 
         if (v->have_session)
                 return 0;
         if (v->pin_refused)
                 return -ENOANO;
+        if (v->reason && v->failed_usec && cmek_monotonic_usec() < v->failed_usec + VAULT_RETRY_USEC)
+                return -ENXIO;
+        r = vault_connect_now(v);
+        if (r < 0)
+                v->failed_usec = cmek_monotonic_usec();
+        return r;
+}
+
+static int vault_connect_now(Vault *v) {
+        CK_TOKEN_INFO ti;
+        CK_RV rv;
+        bool found;
+        int r;
 
         if (!v->module) {
                 v->module = p11_kit_module_load(v->module_path, 0);
