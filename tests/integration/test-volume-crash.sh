@@ -1,0 +1,100 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Crash safety of re-wrap: cmekd kills itself (SIGKILL) at every fault point of a re-wrap and of
+# --new-secret; after each kill every volume still opens through its cmek token(s) with cryptsetup
+# and the plugin (before any repair), and a re-run finishes the job: one token, one CMEK keyslot,
+# newest key version.
+. "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
+need_root
+need_cmd cryptsetup socat python3
+
+PLUGIN="$top_builddir/tools/.libs/libcryptsetup-token-cmek.so"
+[ -f "$PLUGIN" ] || skip "plugin not built"
+TOKENDIR=$(cryptsetup --help | sed -n 's/^LUKS2 external token plugin path: *\(.*\)\.$/\1/p')
+[ -n "$TOKENDIR" ] && [ -d "$TOKENDIR" ] || skip "this cryptsetup loads no external token plugins"
+if ! cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so"; then
+    [ ! -e "$TOKENDIR/libcryptsetup-token-cmek.so" ] || cp "$TOKENDIR/libcryptsetup-token-cmek.so" "$TEST_TMP/plugin.saved"
+    cp "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so.tmp"
+    mv "$TOKENDIR/libcryptsetup-token-cmek.so.tmp" "$TOKENDIR/libcryptsetup-token-cmek.so"
+    on_exit "if [ -e '$TEST_TMP/plugin.saved' ]; then cp '$TEST_TMP/plugin.saved' '$TOKENDIR/libcryptsetup-token-cmek.so'; else rm -f '$TOKENDIR/libcryptsetup-token-cmek.so'; fi"
+fi
+
+I=$TEST_TMP/img
+mkdir -p "$I"
+STATE=$TEST_TMP/state
+N=3
+
+start_cmekd "$STATE"
+key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
+cmekctl key create crash --compartment prod >/dev/null
+K=$(key_id prod/crash)
+for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
+stop_cmekd
+
+# start_faulty POINT: a daemon that dies at POINT
+start_faulty() {
+    export CMEKD_TEST_FAULT=$1
+    start_cmekd "$STATE"
+    unset CMEKD_TEST_FAULT
+}
+# await_death: the daemon must have killed itself
+await_death() {
+    local i
+    for ((i = 0; i < 100; i++)); do kill -0 "$CMEKD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$CMEKD_PID" 2>/dev/null && fail "cmekd did not reach fault point $1"
+    wait "$CMEKD_PID" 2>/dev/null || true
+    CMEKD_PID=
+    rm -f "$SOCK"
+    grep -q "Test fault point '${1%%:*}' reached" "$TEST_TMP/cmekd.log" || fail "cmekd died elsewhere than at $1"
+}
+# every volume opens through a cmek token, read by cryptsetup + plugin (no repair by cmekd)
+all_open() {
+    local i
+    for i in $(seq 1 $N); do
+        cryptsetup open --test-passphrase --token-only "$I/v$i.img" 2>"$TEST_TMP/err" ||
+            { cat "$TEST_TMP/err" >&2; fail "after $1: v$i.img does not open"; }
+    done
+}
+# the job is complete: one cmek token, one keyslot (the one it names), newest version, opens
+all_clean() {
+    local i cur
+    cur=$(cmekctl key show "$K" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])')
+    for i in $(seq 1 $N); do
+        cryptsetup luksDump --dump-json-metadata "$I/v$i.img" | python3 -c '
+import json, sys
+h = json.load(sys.stdin); cur = int(sys.argv[1])
+toks = [t for t in h["tokens"].values() if t["type"] == "cmek"]
+assert len(toks) == 1, ("tokens", h["tokens"])
+assert "pending_keyslot" not in toks[0], toks[0]
+assert list(h["keyslots"].keys()) == toks[0]["keyslots"], (h["keyslots"].keys(), toks[0]["keyslots"])
+assert toks[0]["key_version"] == cur, (toks[0]["key_version"], cur)
+' "$cur" || fail "after $1 and a re-run: v$i.img is not clean"
+        cmekctl volume unlock --test "$I/v$i.img" >/dev/null || fail "after $1: v$i.img does not unlock"
+    done
+}
+
+for point in rewrap-after-unwrap rewrap-after-token-write rewrap-after-token-write:2; do
+    log "kill at $point during the rotation hook"
+    start_faulty "$point"
+    cmekctl key rotate "$K" >/dev/null 2>&1 || true
+    await_death "$point"
+    start_cmekd "$STATE"   # does not touch headers until asked; Unwrap never repairs
+    all_open "$point"
+    cmekctl volume rewrap --key "$K" >/dev/null || fail "re-run after $point failed"
+    all_clean "$point"
+    stop_cmekd
+done
+
+for point in newsecret-after-pending-mark newsecret-after-keyslot-add newsecret-after-token-add \
+             repair-after-keyslot-destroy newsecret-after-old-removed newsecret-after-token-add:3; do
+    log "kill at $point during rewrap --new-secret"
+    start_faulty "$point"
+    cmekctl volume rewrap --new-secret "$I"/v*.img >/dev/null 2>&1 || true
+    await_death "$point"
+    start_cmekd "$STATE"   # does not touch headers until asked; Unwrap never repairs
+    all_open "$point"
+    cmekctl volume rewrap --new-secret "$I"/v*.img >/dev/null || fail "re-run after $point failed"
+    all_clean "$point"
+    stop_cmekd
+done
+log "ok"
