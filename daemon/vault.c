@@ -42,6 +42,7 @@ struct Vault {
         bool have_session;
         bool pin_refused;       /* never retry a wrong PIN by ourselves: it would lock the token */
         uint64_t failed_usec;   /* last failed attempt (monotonic): retried at most every few seconds */
+        int failed_error;
         char *reason;           /* why unavailable; NULL when usable */
 };
 
@@ -382,10 +383,12 @@ static int vault_connect(Vault *v) {
         if (v->pin_refused)
                 return -ENOANO;
         if (v->reason && v->failed_usec && cmek_monotonic_usec() < v->failed_usec + VAULT_RETRY_USEC)
-                return -ENXIO;
+                return v->failed_error;
         r = vault_connect_now(v);
-        if (r < 0)
+        if (r < 0) {
                 v->failed_usec = cmek_monotonic_usec();
+                v->failed_error = r;
+        }
         return r;
 }
 

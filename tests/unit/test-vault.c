@@ -275,5 +275,7 @@ int main(void) {
                 cmocka_unit_test(test_import),
                 cmocka_unit_test(test_reload),
         };
+        /* the automake harness reads TAP (TEST_LOG_DRIVER is tap-driver.sh) */
+        cmocka_set_message_output(CM_OUTPUT_TAP);
         return cmocka_run_group_tests(tests, setup, teardown);
 }
