@@ -61,9 +61,7 @@ int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size) {
         if (fd < 0)
                 return -errno;
         for (;;) {
-                if (alloc - size < 4096) {
-                        if (alloc >= max + 1)
-                                return -EFBIG;
+                if (alloc - size < 4096 && alloc < max + 1) {
                         size_t na = alloc ? alloc * 2 : 8192;
                         if (na > max + 1)
                                 na = max + 1;

@@ -8,7 +8,7 @@ build_pkgs=(autoconf automake libtool pkg-config make gcc libc6-dev
             libcryptsetup-dev libdevmapper-dev libssl-dev libsystemd-dev
             libp11-kit-dev libjson-c-dev libcmocka-dev)
 run_pkgs=(softhsm2 p11-kit cryptsetup-bin systemd util-linux)
-test_pkgs=(opensc socat python3 e2fsprogs kmod procps psmisc
+test_pkgs=(opensc socat python3 python3-cryptography e2fsprogs kmod procps psmisc
            qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd)
 
 case "${1:-test}" in
