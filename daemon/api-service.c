@@ -168,6 +168,7 @@ void manager_event(Manager *m, const char *type, json_object *data) {
         }
         events_run_hooks(m, ev);
         json_object_put(ev);
+        metrics_update(m);
 }
 
 void events_done(Manager *m) {

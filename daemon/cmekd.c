@@ -30,13 +30,14 @@ static void help(void) {
                "                         without one only root may do anything)\n"
                "     --hooks-dir DIR     Run the executables in DIR for every event\n"
                "                         (default " DEFAULT_HOOKS_DIR ")\n"
+               "     --metrics-file PATH Write Prometheus metrics to PATH (node_exporter textfile)\n"
                "     --log-level LEVEL   debug, info, notice, warning, err\n"
                "     --test-hooks        Honour CMEKD_TEST_* variables (test builds only)\n\n"
                "See cmekd(8).\n");
 }
 
 static int parse_argv(Manager *m, int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS, ARG_HOOKS_DIR };
+        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS, ARG_HOOKS_DIR, ARG_METRICS_FILE };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -47,6 +48,7 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
                 { "test-hooks", no_argument, NULL, ARG_TEST_HOOKS },
                 { "hooks-dir", required_argument, NULL, ARG_HOOKS_DIR },
+                { "metrics-file", required_argument, NULL, ARG_METRICS_FILE },
                 {}
         };
         int c;
@@ -86,6 +88,10 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 case ARG_HOOKS_DIR:
                         free(m->hooks_dir);
                         m->hooks_dir = strdup(optarg);
+                        break;
+                case ARG_METRICS_FILE:
+                        free(m->metrics_file);
+                        m->metrics_file = strdup(optarg);
                         break;
                 case ARG_TEST_HOOKS:
                         if (!ENABLE_TEST_HOOKS)
@@ -235,6 +241,7 @@ out:
         free(m->config_path);
         free(m->policy_path);
         free(m->hooks_dir);
+        free(m->metrics_file);
         return r;
 }
 

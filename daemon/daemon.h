@@ -19,3 +19,10 @@ int manager_load_policy(Manager *m, bool reload);
 void events_done(Manager *m);
 /* Runs the executables in the hooks directory for one event (never blocks the caller). */
 void events_run_hooks(Manager *m, json_object *event);
+
+/* daemon/metrics.c */
+int metrics_init(Manager *m);
+void metrics_done(Manager *m);
+void metrics_update(Manager *m);
+json_object *metrics_snapshot(Manager *m);
+int metrics_format_prometheus(json_object *snapshot, char **ret, size_t *ret_size);

@@ -935,7 +935,7 @@ out:
         return r;
 }
 
-int key_encrypt(Manager *m, const char *key_id, unsigned version,
+static int key_encrypt_internal(Manager *m, const char *key_id, unsigned version,
                 const void *aad, size_t aad_size, const void *pt, size_t pt_size,
                 unsigned *ret_version, uint8_t iv[CMEK_GCM_IV_SIZE],
                 void *ret_ct, uint8_t tag[CMEK_GCM_TAG_SIZE]) {
@@ -972,7 +972,7 @@ int key_encrypt(Manager *m, const char *key_id, unsigned version,
         return 0;
 }
 
-int key_decrypt(Manager *m, const char *key_id, unsigned version,
+static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version,
                 const void *aad, size_t aad_size, const uint8_t iv[CMEK_GCM_IV_SIZE],
                 const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                 void **ret_pt) {
@@ -1100,4 +1100,27 @@ void keys_done(Manager *m) {
         free(ks);
         m->keys = NULL;
         m->vaults = NULL;
+}
+
+/* The public entry points count every use for the metrics (io.cmek.Metrics). */
+int key_encrypt(Manager *m, const char *key_id, unsigned version,
+                const void *aad, size_t aad_size, const void *pt, size_t pt_size,
+                unsigned *ret_version, uint8_t iv[CMEK_GCM_IV_SIZE],
+                void *ret_ct, uint8_t tag[CMEK_GCM_TAG_SIZE]) {
+        int r = key_encrypt_internal(m, key_id, version, aad, aad_size, pt, pt_size, ret_version, iv, ret_ct, tag);
+        m->counters.wrap++;
+        if (r < 0)
+                m->counters.wrap_errors++;
+        return r;
+}
+
+int key_decrypt(Manager *m, const char *key_id, unsigned version,
+                const void *aad, size_t aad_size, const uint8_t iv[CMEK_GCM_IV_SIZE],
+                const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
+                void **ret_pt) {
+        int r = key_decrypt_internal(m, key_id, version, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
+        m->counters.unwrap++;
+        if (r < 0)
+                m->counters.unwrap_errors++;
+        return r;
 }

@@ -44,6 +44,11 @@ struct Manager {
         KeyStore *keys;
         VolumeRegistry *volumes;
 
+        struct {
+                uint64_t wrap, wrap_errors, unwrap, unwrap_errors;
+        } counters;
+        char *metrics_file;     /* Prometheus text file, rewritten on every event */
+
         Connection *connections;
         unsigned n_connections;
         uint64_t start_usec;

@@ -18,6 +18,7 @@ static const Module modules[] = {
         { "keys", keys_init, keys_done, NULL, NULL },   /* vaults and master keys: daemon/key.c */
         /* after the keys: re-wraps on rotation, locks on disable, shreds on deletion */
         { "volumes", volumes_init, volumes_done, volumes_key_state_changed, volumes_key_rotated },
+        { "metrics", metrics_init, metrics_done, NULL, NULL },     /* daemon/metrics.c */
         { NULL, NULL, NULL, NULL, NULL },
 };
 

@@ -11,9 +11,11 @@ extern const Interface interface_vault;
 extern const Interface interface_key;
 /* volumes: daemon/api-volume.c */
 extern const Interface interface_volume;
+extern const Interface interface_metrics;
 #define DAEMON_EXTRA_INTERFACES \
         &interface_vault, &interface_key, \
-        &interface_volume,
+        &interface_volume, \
+        &interface_metrics,
 
 /* Called in order at start (after policy and audit are up) and in reverse at stop. */
 int modules_init(Manager *m);

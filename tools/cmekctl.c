@@ -414,6 +414,72 @@ static int verb_events(int argc, char *argv[]) {
         return ctl_call_more("io.cmek.Events.Subscribe", NULL, print_event, &follow);
 }
 
+static int verb_metrics(int argc, char *argv[]) {
+        static const struct option options[] = { CTL_OPTION_JSON, { "prometheus", no_argument, NULL, 'p' }, {} };
+        json_object *r = NULL, *vols = NULL, *keys = NULL, *c = NULL;
+        bool prom = false;
+        int o, k;
+
+        optind = 0;
+        while ((o = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (o) {
+                case 'J': arg_json = true; break;
+                case 'p': prom = true; break;
+                default: return CTL_EXIT_USAGE;
+                }
+        if (prom) {
+                k = ctl_call("io.cmek.Metrics.Prometheus", NULL, &r);
+                if (k == 0)
+                        fputs(strempty(cmek_json_get_string(r, "text")), stdout);
+                json_object_put(r);
+                return k;
+        }
+        k = ctl_call("io.cmek.Metrics.Get", NULL, &r);
+        if (k != 0)
+                return k;
+        if (arg_json) {
+                ctl_print_json(r);
+                json_object_put(r);
+                return 0;
+        }
+        (void) json_object_object_get_ex(r, "volumes", &vols);
+        (void) json_object_object_get_ex(r, "keys", &keys);
+        (void) json_object_object_get_ex(r, "counters", &c);
+        Table *t = table_new("VOLUME", "PATH", "KEY", "KEY STATE", "EncryptionKeyStatus", "EncryptionKeyType", NULL);
+        for (size_t i = 0; vols && i < json_object_array_length(vols); i++) {
+                json_object *v = json_object_array_get_idx(vols, i);
+                int64_t st = 0, ty = 0;
+                char a[8], b[8];
+                (void) cmek_json_get_int64(v, "EncryptionKeyStatus", &st);
+                (void) cmek_json_get_int64(v, "EncryptionKeyType", &ty);
+                snprintf(a, sizeof(a), "%" PRIi64, st);
+                snprintf(b, sizeof(b), "%" PRIi64, ty);
+                table_add(t, cmek_json_get_string(v, "uuid"), cmek_json_get_string(v, "path"),
+                          cmek_json_get_string(v, "key_id"), cmek_json_get_string(v, "key_state"), a, b);
+        }
+        table_print(t);
+        printf("\n");
+        t = table_new("KEY", "NAME", "COMPARTMENT", "STATE", "VERSIONS", NULL);
+        for (size_t i = 0; keys && i < json_object_array_length(keys); i++) {
+                json_object *e = json_object_array_get_idx(keys, i);
+                int64_t n = 0;
+                char a[16];
+                (void) cmek_json_get_int64(e, "versions", &n);
+                snprintf(a, sizeof(a), "%" PRIi64, n);
+                table_add(t, cmek_json_get_string(e, "id"), cmek_json_get_string(e, "name"),
+                          cmek_json_get_string(e, "compartment"), cmek_json_get_string(e, "state"), a);
+        }
+        table_print(t);
+        int64_t w = 0, we = 0, u = 0, ue = 0;
+        (void) cmek_json_get_int64(c, "wrap", &w);
+        (void) cmek_json_get_int64(c, "wrap_errors", &we);
+        (void) cmek_json_get_int64(c, "unwrap", &u);
+        (void) cmek_json_get_int64(c, "unwrap_errors", &ue);
+        printf("\nwraps %" PRIi64 " (%" PRIi64 " errors), unwraps %" PRIi64 " (%" PRIi64 " errors)\n", w, we, u, ue);
+        json_object_put(r);
+        return 0;
+}
+
 const Verb service_verbs[] = {
         { NULL, "status", "", "Show the daemon's status", verb_status },
         { "policy", "check", "--user U|--group G [--compartment C] [--key-id ID] VERB RESOURCE",
@@ -421,6 +487,7 @@ const Verb service_verbs[] = {
         { "audit", "show", "[--since TIME]", "Show the audit log", verb_audit_show },
         { "audit", "verify", "[--file PATH]", "Verify the audit log's hash chain", verb_audit_verify },
         { NULL, "events", "[--follow]", "Show events; --follow streams new ones", verb_events },
+        { NULL, "metrics", "[--prometheus]", "EncryptionKeyStatus/Type per volume, key states, counters", verb_metrics },
         {}
 };
 
