@@ -506,7 +506,10 @@ static void help(void) {
                 for (const Verb *v = verb_tables[i]; v->name; v++) {
                         char left[256];
                         snprintf(left, sizeof(left), "%s%s%s %s", strempty(v->group), v->group ? " " : "", v->name, v->usage);
-                        printf("  %-58s %s\n", left, v->help);
+                        if (strlen(left) <= 40)
+                                printf("  %-40s %s\n", left, v->help);
+                        else
+                                printf("  %s\n  %-40s %s\n", left, "", v->help);
                 }
         printf("\nExit codes: 0 ok, 1 failure, 2 usage, 3 cmekd not reachable, 4 permission denied,\n"
                "5 not found, 6 key unusable, 7 state transition refused, 8 verification failed.\n"
