@@ -37,7 +37,7 @@ for b in $builds; do
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     CMEK_BUILD_FLAVOR=$b \
-        make -C "$dir" check -j1 2>&1 | grep -v '^make\[' | tee "$dir/check.out"
+        make -C "$dir" check -j1 2>&1 | grep --line-buffered -v '^make\[' | tee "$dir/check.out"
     [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
     log="$dir/test-suite.log"
     if [ -f "$log" ]; then
