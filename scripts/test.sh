@@ -60,6 +60,21 @@ for b in $builds; do
     fi
 done
 
+# make distcheck: the release tarball builds, installs, uninstalls and passes the unit tests
+# out of tree (the host and VM suites above already ran against the same sources).
+if [ "${CMEK_SKIP_DISTCHECK:-0}" != 1 ] && [ -f "$src/build-plain/Makefile" ]; then
+    echo "=== make distcheck (unit tests inside) ==="
+    units=$(cd "$src/build-plain" && ls tests/unit/test-* 2>/dev/null | grep -v '\.[a-z]*$' | tr '\n' ' ')
+    if make -C "$src/build-plain" distcheck TESTS="$units" >"$src/build-plain/distcheck.out" 2>&1; then
+        echo "PASS: make distcheck"
+        total_pass=$((total_pass + 1))
+    else
+        tail -30 "$src/build-plain/distcheck.out"
+        echo "FAIL: make distcheck"
+        total_fail=$((total_fail + 1)); rc=1
+    fi
+fi
+
 end=$(date +%s)
 echo "=== suite took $((end - start)) s ==="
 if [ "$total_skip" -gt 0 ]; then
