@@ -116,6 +116,9 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
         if (mode && !streq(mode, "hsm") && !streq(mode, "software"))
                 return reply_invalid(c, "protection_mode", "\"protection_mode\" is \"hsm\" or \"software\"");
         p.software = mode && streq(mode, "software");
+        p.on_disable = cmek_json_get_string(params, "on_disable");
+        if (p.on_disable && !streq(p.on_disable, "suspend") && !streq(p.on_disable, "close"))
+                return reply_invalid(c, "on_disable", "\"on_disable\" is \"suspend\" or \"close\"");
 
         if (import) {
                 const char *alg = cmek_json_get_string(params, "wrapping_algorithm");
@@ -452,12 +455,15 @@ const Interface interface_key = {
                 "  rotation_interval_days: int,\n"
                 "  deletion_time: ?string,\n"
                 "  provider_managed: bool,\n"
+                "  on_disable: ?string,\n"
                 "  token_usage_disabled: ?bool\n"
                 ")\n"
                 "\n"
                 "# protection_mode: \"hsm\" (default) or \"software\"; length: 128, 192, 256 (default).\n"
+                "# on_disable: \"suspend\" or \"close\" the volumes' mappings when the key is disabled\n"
+                "# (default: [enforcement] on-disable= of cmekd.conf).\n"
                 "method Create(name: string, compartment: string, length: ?int, protection_mode: ?string, vault: ?string,\n"
-                "              rotation_interval_days: ?int) -> (key: KeyInfo)\n"
+                "              rotation_interval_days: ?int, on_disable: ?string) -> (key: KeyInfo)\n"
                 "\n"
                 "# wrapped: base64 of the blob; wrapping_algorithm: RSA_OAEP_AES_SHA256 (default) or RSA_OAEP_SHA256.\n"
                 "method Import(name: string, compartment: string, wrapped: string, wrapping_algorithm: ?string,\n"

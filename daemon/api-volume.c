@@ -197,7 +197,7 @@ static int method_create(Manager *m, Call *c, json_object *params) {
         }
         audit(m, c, "volume.bound", "ok", v, NULL, NULL, recovery ? "created with a recovery passphrase" :
               strict ? "created strict: CMEK keyslot only" : "created: CMEK keyslot only");
-        manager_event(m, "volume.bound", volume_to_json(m, v, false));
+        volume_event(m, "volume.key-assigned", v, NULL, NULL);
         reply_volume(m, c, v, false);
 out:
         key_info_done(&k);
@@ -249,11 +249,13 @@ static int method_bind(Manager *m, Call *c, json_object *params) {
                 goto out;
         }
         if (r > 0) {
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "old_key_id", old_key ? json_object_new_string(old_key) : NULL);
                 audit(m, c, "volume.key_changed", "ok", v, NULL, NULL, old_key ? old_key : "re-bound");
-                manager_event(m, "volume.key_changed", volume_to_json(m, v, false));
+                volume_event(m, "volume.key-changed", v, NULL, x);
         } else {
                 audit(m, c, "volume.bound", "ok", v, NULL, NULL, "bound an existing LUKS2 volume");
-                manager_event(m, "volume.bound", volume_to_json(m, v, false));
+                volume_event(m, "volume.key-assigned", v, NULL, NULL);
         }
         reply_volume(m, c, v, false);
 out:
@@ -292,12 +294,29 @@ static int authorize_volume(Manager *m, Call *c, Volume *v, const char *verb, bo
         return r;
 }
 
+/* Restores one volume and replies. */
+static int restore_one(Manager *m, Call *c, Volume *v) {
+        int r = volume_restore(m, v);
+
+        if (r == -ENXIO)
+                return call_errorf(c, CMEK_ERROR_INVALID_TRANSITION, "'%s' is not locked by enforcement: nothing to restore",
+                                   strempty(v->path));
+        audit(m, c, "volume.restored", r < 0 ? "failed" : "ok", v, NULL, NULL, r < 0 ? strerror(-r) : v->mapping);
+        if (r < 0)
+                return reply_errno(c, r, v->path, r == -ENOKEY && v->state != VOLUME_BOUND ? NULL : v->key_id);
+        volume_event(m, "volume.restored", v, NULL, NULL);
+        return reply_volume(m, c, v, false);
+}
+
 static int method_unlock(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device"), *name = cmek_json_get_string(params, "name");
         bool test = cmek_json_get_bool(params, "test", false);
         _cleanup_free_ char *defname = NULL;
         Volume *v;
         int r;
+
+        /* every request looks at the token too, not only the watch timer */
+        volumes_watch_now(m);
 
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
@@ -308,6 +327,8 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
                 return 0;
         if (authorize_volume(m, c, v, "use", true) < 0)
                 return 0;
+        if (!test && !name && (v->lock == VOLUME_LOCK_SUSPENDED || v->lock == VOLUME_LOCK_CLOSING))
+                return restore_one(m, c, v);
         if (!test && !name) {
                 if (asprintf(&defname, "cmek-%s", v->uuid) < 0)
                         return -ENOMEM;
@@ -321,6 +342,72 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
         if (!test)
                 audit(m, c, "volume.unlocked", "ok", v, NULL, NULL, name);
         return reply_volume(m, c, v, false);
+}
+
+/* Resumes or re-opens what enforcement locked: one device, or every volume of a key. Refused
+ * with the key's state unless the key is ENABLED. */
+static int method_restore(Manager *m, Call *c, json_object *params) {
+        const char *dev = cmek_json_get_string(params, "device"), *key = cmek_json_get_string(params, "key");
+        VolumeRegistry *reg = m->volumes;
+        json_object *results, *p;
+        unsigned restored = 0, failed = 0;
+        KeyInfo k = {};
+        int r;
+
+        if (!!dev == !!key)
+                return invalid(c, "give either \"device\" or \"key\"");
+        volumes_watch_now(m);
+        if (dev) {
+                Volume *v = find_volume(m, c, dev);
+                if (!v)
+                        return 0;
+                if (authorize_volume(m, c, v, "use", true) < 0)
+                        return 0;
+                return restore_one(m, c, v);
+        }
+        r = authorize_key(m, c, key, "use", &k);
+        if (r < 0)
+                return 0;
+        if (manager_authorize(m, c, "use", "volumes", k.compartment, k.id, NULL) < 0) {
+                key_info_done(&k);
+                return 0;
+        }
+        if (k.state != KEY_STATE_ENABLED) {
+                r = k.state == KEY_STATE_DISABLED ? -EKEYREVOKED : k.state == KEY_STATE_PENDING_DELETION ? -EKEYEXPIRED : -ENOKEY;
+                reply_errno(c, r, NULL, k.id);
+                key_info_done(&k);
+                return 0;
+        }
+        results = json_object_new_array();
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                json_object *e;
+
+                if (!streq_ptr(v->key_id, k.id) || v->lock == VOLUME_LOCK_NONE)
+                        continue;
+                r = volume_restore(m, v);
+                e = json_object_new_object();
+                json_object_object_add(e, "uuid", json_object_new_string(v->uuid));
+                json_object_object_add(e, "path", v->path ? json_object_new_string(v->path) : NULL);
+                json_object_object_add(e, "mapping", v->mapping ? json_object_new_string(v->mapping) : NULL);
+                json_object_object_add(e, "result", json_object_new_string(r < 0 ? "failed" : "restored"));
+                if (r < 0)
+                        json_object_object_add(e, "error", json_object_new_string(strerror(-r)));
+                json_object_array_add(results, e);
+                audit(m, c, "volume.restored", r < 0 ? "failed" : "ok", v, NULL, NULL, r < 0 ? strerror(-r) : v->mapping);
+                if (r < 0) {
+                        failed++;
+                        continue;
+                }
+                restored++;
+                volume_event(m, "volume.restored", v, "ENABLED", NULL);
+        }
+        key_info_done(&k);
+        p = json_object_new_object();
+        json_object_object_add(p, "restored", json_object_new_int(restored));
+        json_object_object_add(p, "failed", json_object_new_int(failed));
+        json_object_object_add(p, "results", results);
+        return call_reply(c, p);
 }
 
 static int method_lock(Manager *m, Call *c, json_object *params) {
@@ -439,6 +526,15 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
 
         snprintf(detail, sizeof(detail), "%zu volume(s)%s", n, new_secret ? ", new keyslot secrets" : "");
         audit(m, c, "volume.rewrap_started", "ok", NULL, key ? k.id : NULL, NULL, detail);
+        {
+                json_object *d = json_object_new_object();
+                json_object_object_add(d, "key_id", key ? json_object_new_string(k.id) : NULL);
+                json_object_object_add(d, "key_state", key ? json_object_new_string(key_state_to_string(k.state)) : NULL);
+                json_object_object_add(d, "trigger", json_object_new_string("request"));
+                json_object_object_add(d, "new_secret", json_object_new_boolean(new_secret));
+                json_object_object_add(d, "total", json_object_new_int64((int64_t) n));
+                manager_event(m, "rewrap.started", d);
+        }
         for (size_t i = 0; i < n; i++) {
                 Volume *v = list[i];
                 RewrapResult res;
@@ -468,6 +564,17 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
         snprintf(detail, sizeof(detail), "%u rewrapped, %u current, %u unreachable, %u failed",
                  count[REWRAP_DONE], count[REWRAP_CURRENT], count[REWRAP_UNREACHABLE], count[REWRAP_FAILED]);
         audit(m, c, "volume.rewrap_completed", count[REWRAP_FAILED] ? "partial" : "ok", NULL, key ? k.id : NULL, NULL, detail);
+        {
+                json_object *d = json_object_new_object();
+                json_object_object_add(d, "key_id", key ? json_object_new_string(k.id) : NULL);
+                json_object_object_add(d, "key_state", key ? json_object_new_string(key_state_to_string(k.state)) : NULL);
+                json_object_object_add(d, "trigger", json_object_new_string("request"));
+                json_object_object_add(d, "new_secret", json_object_new_boolean(new_secret));
+                json_object_object_add(d, "total", json_object_new_int64((int64_t) n));
+                for (RewrapResult x = 0; x < _REWRAP_RESULT_MAX; x++)
+                        json_object_object_add(d, rewrap_result_to_string(x), json_object_new_int64(count[x]));
+                manager_event(m, "rewrap.completed", d);
+        }
         key_info_done(&k);
         p = json_object_new_object();
         json_object_object_add(p, "rewrapped", json_object_new_int(count[REWRAP_DONE]));
@@ -506,6 +613,14 @@ static int method_unbind(Manager *m, Call *c, json_object *params) {
                 if (r < 0)
                         return reply_errno(c, r, dev, old_key);
                 audit(m, c, "volume.unbound", "ok", NULL, old_key, uuid, "CMEK keyslot and token removed");
+                {
+                        json_object *d = json_object_new_object();
+                        json_object_object_add(d, "uuid", json_object_new_string(uuid));
+                        json_object_object_add(d, "old_key_id", old_key ? json_object_new_string(old_key) : NULL);
+                        json_object_object_add(d, "key_id", NULL);
+                        json_object_object_add(d, "keyslot_removed", json_object_new_boolean(true));
+                        manager_event(m, "volume.key-removed", d);
+                }
                 return call_reply(c, NULL);
         }
         r = key_get_default(m, &def);
@@ -520,13 +635,20 @@ static int method_unbind(Manager *m, Call *c, json_object *params) {
         }
         key_info_done(&def);
         audit(m, c, "volume.unbound", "ok", v, old_key, NULL, "re-wrapped under the provider-managed default key");
-        manager_event(m, "volume.key_removed", volume_to_json(m, v, false));
+        {
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "old_key_id", old_key ? json_object_new_string(old_key) : NULL);
+                volume_event(m, "volume.key-removed", v, NULL, x);
+        }
         return reply_volume(m, c, v, false);
 }
 
 static int method_list(Manager *m, Call *c, json_object *params) {
         VolumeRegistry *reg = m->volumes;
         json_object *a = json_object_new_array(), *p;
+
+        /* every request looks at the token too, not only the watch timer */
+        volumes_watch_now(m);
 
         if (manager_authorize(m, c, "inspect", "volumes", NULL, NULL, NULL) < 0) {
                 json_object_put(a);
@@ -542,6 +664,9 @@ static int method_list(Manager *m, Call *c, json_object *params) {
 static int method_show(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device");
         Volume *v;
+
+        /* every request looks at the token too, not only the watch timer */
+        volumes_watch_now(m);
 
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
@@ -594,6 +719,7 @@ static const Method volume_methods[] = {
         { "io.cmek.Volume.Unbind", method_unbind },
         { "io.cmek.Volume.Unlock", method_unlock },
         { "io.cmek.Volume.Lock", method_lock },
+        { "io.cmek.Volume.Restore", method_restore },
         { "io.cmek.Volume.Unwrap", method_unwrap },
         { "io.cmek.Volume.Rewrap", method_rewrap },
         { "io.cmek.Volume.List", method_list },
@@ -624,6 +750,13 @@ const Interface interface_volume = {
                 "  provider_managed: bool,\n"
                 "  pending_rewrap: bool,\n"
                 "  suspended: bool,\n"
+                "  lock: ?string,\n"
+                "  restore_name: ?string,\n"
+                "  lock_reason: ?string,\n"
+                "  locked_usec: ?int,\n"
+                "  availability: ?string,\n"
+                "  unavailable_reason: ?string,\n"
+                "  in_use_by: ?string,\n"
                 "  EncryptionKeyStatus: ?int,\n"
                 "  EncryptionKeyType: ?int,\n"
                 "  reachable: ?bool,\n"
@@ -649,6 +782,12 @@ const Interface interface_volume = {
                 "# Needs: use volumes, use keys.\n"
                 "method Unlock(device: string, name: ?string, test: ?bool) -> (volume: VolumeInfo)\n"
                 "method Lock(device: string) -> (volume: VolumeInfo)\n"
+                "\n"
+                "# After a key is enabled again: resumes the mappings enforcement suspended and re-opens the\n"
+                "# ones it closed, under their names (one device, or every volume of a key). Refused with the\n"
+                "# key's state unless it is ENABLED. Needs: use volumes, use keys.\n"
+                "method Restore(device: ?string, key: ?string) -> (volume: ?VolumeInfo, restored: ?int, failed: ?int,\n"
+                "                                                 results: ?[]object)\n"
                 "\n"
                 "# For the cryptsetup token plugin: the DEK of a cmek token read from the header of the\n"
                 "# volume with this LUKS UUID. Needs: use keys, use volumes.\n"

@@ -67,6 +67,7 @@ void key_info_done(KeyInfo *k) {
         free(k->name);
         free(k->compartment);
         free(k->vault);
+        free(k->on_disable);
         *k = (KeyInfo) {};
 }
 
@@ -455,6 +456,8 @@ json_object *key_to_json(Manager *m, Key *k) {
         if (key_get_state(k) == KEY_STATE_PENDING_DELETION)
                 json_object_object_add(o, "deletion_time", time_json(meta_u64(k, "deletion_time")));
         json_object_object_add(o, "provider_managed", json_object_new_boolean(key_is_provider_managed(k)));
+        if (meta_str(k, "on_disable"))
+                json_object_object_add(o, "on_disable", json_object_new_string(meta_str(k, "on_disable")));
         /* someone turned the key off in the token directly (pkcs11-tool, another application) */
         if (key_get_state(k) == KEY_STATE_ENABLED && !key_is_software(k)) {
                 json_object *cur = meta_version(k, (unsigned) meta_u64(k, "current_version"));
@@ -595,6 +598,8 @@ int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const c
                 return -EINVAL;
         if (p->software && p->wrapped)
                 return -EINVAL;
+        if (p->on_disable && !streq(p->on_disable, "suspend") && !streq(p->on_disable, "close"))
+                return -EINVAL;
         v = vault_set_find(keys_vaults(m), p->vault ?: VAULT_DEFAULT_NAME);
         if (!v)
                 return -ENODEV;
@@ -629,6 +634,8 @@ int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const c
         meta_set_u64(k, "rotation_interval_days", p->rotation_interval_days);
         json_object_object_add(k->meta, "provider_managed", json_object_new_boolean(p->provider_managed));
         json_object_object_add(k->meta, "imported", json_object_new_boolean(!!p->wrapped));
+        if (p->on_disable)
+                meta_set_str(k, "on_disable", p->on_disable);
 
         r = key_new_version(k, 1, p->bits / 8, p->wrapped ? p : NULL, &version);
         if (r < 0)
@@ -679,12 +686,67 @@ static int key_set_usage(Key *k, bool usable) {
         return 0;
 }
 
-static void key_audit_change(Manager *m, Call *c, Key *k, const char *event, KeyState old, const char *detail) {
+static void key_audit_change_op(Manager *m, Call *c, const char *operation, Key *k, const char *event, KeyState old,
+                                const char *detail) {
         (void) manager_audit(m, c, &(AuditRecord) {
-                .event = event, .operation = c ? call_method(c) : "scheduler",
+                .event = event, .operation = c ? call_method(c) : operation,
                 .key_id = key_get_id(k), .old_state = key_state_to_string(old),
                 .new_state = key_state_to_string(key_get_state(k)), .detail = detail,
         });
+}
+
+static void key_audit_change(Manager *m, Call *c, Key *k, const char *event, KeyState old, const char *detail) {
+        key_audit_change_op(m, c, "scheduler", k, event, old, detail);
+}
+
+/* CKA_ENCRYPT or CKA_DECRYPT of the current version is off in the token. */
+static bool key_token_usage_off(Key *k) {
+        json_object *cur;
+        CK_OBJECT_HANDLE h;
+        VaultKeyFlags f;
+
+        if (key_is_software(k))
+                return false;
+        cur = meta_version(k, (unsigned) meta_u64(k, "current_version"));
+        if (!cur || vault_secret_find(k->vault, cmek_json_get_string(cur, "label"), &h) < 0 ||
+            vault_secret_get_flags(k->vault, h, &f) < 0)
+                return false;
+        return !f.encrypt || !f.decrypt;
+}
+
+/* Someone turned the key off in the token itself (pkcs11-tool, another application): record it
+ * as DISABLED, so that every path refuses it, the volumes get locked, and 'key enable' is the
+ * one way back (it turns the usage flags on again). */
+static int key_token_disabled(Manager *m, Key *k) {
+        int r;
+
+        if (key_get_state(k) != KEY_STATE_ENABLED)
+                return 0;
+        log_notice("Key '%s': CKA_ENCRYPT/CKA_DECRYPT turned off in its token: the key is now DISABLED.", key_get_id(k));
+        (void) key_set_usage(k, false);
+        meta_set_str(k, "state", key_state_to_string(KEY_STATE_DISABLED));
+        r = key_store_meta(m, k);
+        if (r < 0)
+                log_warning_errno(r, "Key '%s': could not record the DISABLED state in the token, ignoring: %m",
+                                  key_get_id(k));
+        key_set_known_state(m, k);
+        key_audit_change_op(m, NULL, "token", k, "key.disabled", KEY_STATE_ENABLED, "usage turned off in the token");
+        manager_key_state_changed(m, key_get_id(k), KEY_STATE_ENABLED, KEY_STATE_DISABLED);
+        return 1;
+}
+
+int key_watch(Manager *m, const char *id_or_name, KeyState *ret_state) {
+        _cleanup_(key_freep) Key *k = NULL;
+        int r;
+
+        /* notices a metadata change (another broker, or pkcs11-tool) and a deletion that is due */
+        r = key_load(m, id_or_name, &k);
+        if (r < 0)
+                return r;
+        if (key_get_state(k) == KEY_STATE_ENABLED && key_token_usage_off(k))
+                (void) key_token_disabled(m, k);
+        *ret_state = key_get_state(k);
+        return 0;
 }
 
 static int key_delete_now(Manager *m, Key *k) {
@@ -957,6 +1019,8 @@ static int key_encrypt_internal(Manager *m, const char *key_id, unsigned version
         if (version != 0 && version != current)
                 return -ESTALE;
         r = key_version_prepare(k, current, true, &h, &material, &material_size);
+        if (r == -EKEYREVOKED)
+                (void) key_token_disabled(m, k);
         if (r < 0)
                 return r;
         if (material) {
@@ -991,6 +1055,8 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         if (version == 0)
                 version = (unsigned) meta_u64(k, "current_version");
         r = key_version_prepare(k, version, false, &h, &material, &material_size);
+        if (r == -EKEYREVOKED && version == (unsigned) meta_u64(k, "current_version"))
+                (void) key_token_disabled(m, k);
         if (r < 0)
                 return r;
         if (material) {
@@ -1019,6 +1085,7 @@ static int key_fill_info(Key *k, KeyInfo *ret) {
                 .n_versions = meta_versions(k) ? (unsigned) json_object_array_length(meta_versions(k)) : 0,
                 .provider_managed = key_is_provider_managed(k),
                 .deletion_usec = meta_u64(k, "deletion_time"),
+                .on_disable = meta_str(k, "on_disable") ? strdup(meta_str(k, "on_disable")) : NULL,
         };
         if (!i.id || !i.name || !i.compartment || !i.vault) {
                 key_info_done(&i);

@@ -29,6 +29,7 @@ typedef struct KeyInfo {
         unsigned n_versions;
         bool provider_managed;  /* the broker's own default key */
         uint64_t deletion_usec; /* PENDING_DELETION only */
+        char *on_disable;       /* "suspend", "close", or NULL: the [enforcement] default */
 } KeyInfo;
 void key_info_done(KeyInfo *k);
 
@@ -37,6 +38,11 @@ void key_info_done(KeyInfo *k);
 
 /* Look a key up by id or name (re-reading its state from the token). -ENOENT when unknown. */
 int key_lookup(Manager *m, const char *id_or_name, KeyInfo *ret);
+/* The enforcement watch: re-reads one key from its token (its metadata object and the usage
+ * flags of its current version). A key ENABLED in its metadata whose CKA_DECRYPT/CKA_ENCRYPT
+ * someone turned off in the token is taken as disabled there: cmekd records it DISABLED and
+ * reports the change. *ret_state: the state after that. */
+int key_watch(Manager *m, const char *id_or_name, KeyState *ret_state);
 /* The provider-managed default key ("Oracle-managed" analog), created on first use. */
 int key_get_default(Manager *m, KeyInfo *ret);
 

@@ -126,6 +126,7 @@ typedef struct KeyCreateParams {
         bool software;                          /* protection mode */
         unsigned rotation_interval_days;        /* 0: manual only */
         bool provider_managed;
+        const char *on_disable;                 /* "suspend", "close" or NULL (the global default) */
         /* import: */
         VaultWrapAlgorithm wrap_algorithm;
         const void *wrapped;

@@ -18,10 +18,14 @@
  *   remove slot / shred:    keyslot destroyed, then its (now keyslot-less) token removed
  *
  * The registry (volumes.json) is a cache of what the headers say; the header wins. */
+#include <ctype.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <libcryptsetup.h>
+#include <libdevmapper.h>
 #include <openssl/rand.h>
 
 #include "cmek-fault.h"
@@ -32,6 +36,7 @@
 #include "volume.h"
 
 #define REGISTRY_FILE "volumes.json"
+#define WATCH_INTERVAL_DEFAULT_USEC (2ULL * 1000000ULL)
 #define REGISTRY_MAX (64U * 1024U * 1024U)
 
 /* The LUKS2 layout cmekd formats: 16 KiB JSON areas (x2) and a 4 MiB - 32 KiB keyslot area,
@@ -55,6 +60,40 @@ static const char *const volume_state_table[_VOLUME_STATE_MAX] = {
         [VOLUME_KEY_DELETED] = "KEY_DELETED",
         [VOLUME_SHRED_PENDING] = "SHRED_PENDING",
 };
+
+static const char *const volume_lock_table[_VOLUME_LOCK_MAX] = {
+        [VOLUME_LOCK_NONE] = "none",
+        [VOLUME_LOCK_SUSPENDED] = "suspended",
+        [VOLUME_LOCK_CLOSING] = "closing",
+        [VOLUME_LOCK_CLOSED] = "closed",
+};
+
+const char *volume_lock_to_string(VolumeLock l) {
+        return l >= 0 && l < _VOLUME_LOCK_MAX ? volume_lock_table[l] : NULL;
+}
+
+VolumeLock volume_lock_from_string(const char *s) {
+        for (int i = 0; i < _VOLUME_LOCK_MAX; i++)
+                if (s && streq(s, volume_lock_table[i]))
+                        return (VolumeLock) i;
+        return _VOLUME_LOCK_INVALID;
+}
+
+static const char *const on_disable_table[_ON_DISABLE_MAX] = {
+        [ON_DISABLE_SUSPEND] = "suspend",
+        [ON_DISABLE_CLOSE] = "close",
+};
+
+const char *on_disable_to_string(OnDisable o) {
+        return o >= 0 && o < _ON_DISABLE_MAX ? on_disable_table[o] : NULL;
+}
+
+OnDisable on_disable_from_string(const char *s) {
+        for (int i = 0; i < _ON_DISABLE_MAX; i++)
+                if (s && streq(s, on_disable_table[i]))
+                        return (OnDisable) i;
+        return _ON_DISABLE_INVALID;
+}
 
 const char *volume_state_to_string(VolumeState s) {
         return s >= 0 && s < _VOLUME_STATE_MAX ? volume_state_table[s] : NULL;
@@ -100,6 +139,8 @@ static Volume *volume_free(Volume *v) {
         free(v->key_id);
         free(v->vault);
         free(v->mapping);
+        free(v->restore_name);
+        free(v->lock_reason);
         free(v);
         return NULL;
 }
@@ -178,6 +219,13 @@ static json_object *volume_to_registry_json(const Volume *v) {
         json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
         json_object_object_add(o, "pending_rewrap", json_object_new_boolean(v->pending_rewrap));
         json_object_object_add(o, "suspended", json_object_new_boolean(v->suspended));
+        json_object_object_add(o, "lock", json_object_new_string(volume_lock_to_string(v->lock)));
+        if (v->restore_name)
+                json_object_object_add(o, "restore_name", json_object_new_string(v->restore_name));
+        if (v->lock_reason)
+                json_object_object_add(o, "lock_reason", json_object_new_string(v->lock_reason));
+        if (v->locked_usec > 0)
+                json_object_object_add(o, "locked_usec", json_object_new_int64((int64_t) v->locked_usec));
         return o;
 }
 
@@ -235,7 +283,9 @@ static int registry_load(Manager *m) {
                 if (set_str(&v->path, cmek_json_get_string(e, "path")) < 0 ||
                     set_str(&v->key_id, cmek_json_get_string(e, "key_id")) < 0 ||
                     set_str(&v->vault, cmek_json_get_string(e, "vault")) < 0 ||
-                    set_str(&v->mapping, cmek_json_get_string(e, "mapping")) < 0) {
+                    set_str(&v->mapping, cmek_json_get_string(e, "mapping")) < 0 ||
+                    set_str(&v->restore_name, cmek_json_get_string(e, "restore_name")) < 0 ||
+                    set_str(&v->lock_reason, cmek_json_get_string(e, "lock_reason")) < 0) {
                         volume_free(v);
                         json_object_put(o);
                         return -ENOMEM;
@@ -249,6 +299,10 @@ static int registry_load(Manager *m) {
                 v->provider_managed = cmek_json_get_bool(e, "provider_managed", false);
                 v->pending_rewrap = cmek_json_get_bool(e, "pending_rewrap", false);
                 v->suspended = cmek_json_get_bool(e, "suspended", false);
+                v->lock = volume_lock_from_string(cmek_json_get_string(e, "lock"));
+                if (v->lock < 0)
+                        v->lock = v->suspended ? VOLUME_LOCK_SUSPENDED : VOLUME_LOCK_NONE;
+                v->locked_usec = cmek_json_get_int64(e, "locked_usec", &n) && n > 0 ? (uint64_t) n : 0;
                 r = registry_add(m, v);
                 if (r < 0) {
                         volume_free(v);
@@ -791,7 +845,14 @@ int volume_activate(Manager *m, Volume *v, const char *name) {
                 r = crypt_activate_by_passphrase(cd, name, t.keyslot, dek, CMEK_DEK_SIZE, 0);
         if (r >= 0 && name) {
                 r = set_str(&v->mapping, name);
+                /* an explicit unlock is asking for it, like restore */
                 v->suspended = false;
+                v->lock = VOLUME_LOCK_NONE;
+                v->locked_usec = 0;
+                free(v->restore_name);
+                v->restore_name = NULL;
+                free(v->lock_reason);
+                v->lock_reason = NULL;
                 if (r >= 0)
                         r = volume_registry_save(m);
         }
@@ -810,6 +871,9 @@ int volume_deactivate(Manager *m, Volume *v) {
         free(v->mapping);
         v->mapping = NULL;
         v->suspended = false;
+        v->lock = VOLUME_LOCK_NONE;
+        free(v->restore_name);
+        v->restore_name = NULL;
         return volume_registry_save(m);
 }
 
@@ -1022,13 +1086,285 @@ static void audit_volume(Manager *m, const char *event, const char *result, cons
         (void) manager_audit(m, NULL, &rec);
 }
 
-/* The key is gone: destroy the CMEK keyslot (its DEK can never be unwrapped again) and the
- * token. Without another keyslot the volume is crypto-shredded. */
+/* ---- enforcement ---- */
+
+/* Who keeps a mapping open: "open count 1; pid 812 (dd); mounted on /mnt; held by dm-5". NULL
+ * when nothing is known. Only for messages: it runs after the locking. */
+static char *mapping_users(const char *name) {
+        _cleanup_free_ char *node = NULL, *holders = NULL;
+        struct dm_task *dmt;
+        struct dm_info info = {};
+        struct stat st;
+        char *buf = NULL;
+        size_t size = 0;
+        unsigned n_pids = 0;
+        FILE *f;
+        DIR *d;
+
+        if (asprintf(&node, "/dev/mapper/%s", name) < 0 || stat(node, &st) < 0 || !S_ISBLK(st.st_mode))
+                return NULL;
+        f = open_memstream(&buf, &size);
+        if (!f)
+                return NULL;
+        dmt = dm_task_create(DM_DEVICE_INFO);
+        if (dmt && dm_task_set_name(dmt, name) && dm_task_run(dmt) && dm_task_get_info(dmt, &info) && info.exists)
+                fprintf(f, "open count %d", info.open_count);
+        if (dmt)
+                dm_task_destroy(dmt);
+        /* processes with the device open (a file descriptor on /dev/dm-N or /dev/mapper/NAME) */
+        d = opendir("/proc");
+        for (struct dirent *de; d && (de = readdir(d)) && n_pids < 8;) {
+                _cleanup_free_ char *fddir = NULL;
+                DIR *fds;
+                bool found = false;
+
+                if (!isdigit((unsigned char) de->d_name[0]) || asprintf(&fddir, "/proc/%s/fd", de->d_name) < 0)
+                        continue;
+                fds = opendir(fddir);
+                for (struct dirent *fe; fds && !found && (fe = readdir(fds));) {
+                        struct stat fst;
+                        if (fe->d_name[0] != '.' && fstatat(dirfd(fds), fe->d_name, &fst, 0) >= 0 &&
+                            S_ISBLK(fst.st_mode) && fst.st_rdev == st.st_rdev)
+                                found = true;
+                }
+                if (fds)
+                        closedir(fds);
+                if (found) {
+                        _cleanup_free_ char *commp = NULL, *comm = NULL;
+                        if (asprintf(&commp, "/proc/%s/comm", de->d_name) >= 0)
+                                (void) cmek_read_file(commp, 64, &comm, NULL);
+                        if (comm)
+                                comm[strcspn(comm, "\n")] = 0;
+                        fprintf(f, "%spid %s (%s)", ftell(f) > 0 ? "; " : "", de->d_name, comm ?: "?");
+                        n_pids++;
+                }
+        }
+        if (d)
+                closedir(d);
+        /* mounts */
+        {
+                _cleanup_fclose_ FILE *mi = fopen("/proc/self/mountinfo", "re");
+                _cleanup_free_ char *line = NULL;
+                size_t alloc = 0;
+                char want[32];
+                snprintf(want, sizeof(want), "%u:%u", major(st.st_rdev), minor(st.st_rdev));
+                while (mi && getline(&line, &alloc, mi) > 0) {
+                        char devno[32], root[512], mnt[512];
+                        if (sscanf(line, "%*s %*s %31s %511s %511s", devno, root, mnt) == 3 && streq(devno, want))
+                                fprintf(f, "%smounted on %s", ftell(f) > 0 ? "; " : "", mnt);
+                }
+        }
+        /* stacked devices (LVM, another dm-crypt, md) */
+        if (asprintf(&holders, "/sys/dev/block/%u:%u/holders", major(st.st_rdev), minor(st.st_rdev)) >= 0) {
+                DIR *hd = opendir(holders);
+                for (struct dirent *he; hd && (he = readdir(hd));)
+                        if (he->d_name[0] != '.')
+                                fprintf(f, "%sheld by %s", ftell(f) > 0 ? "; " : "", he->d_name);
+                if (hd)
+                        closedir(hd);
+        }
+        if (fclose(f) != 0 || size == 0) {
+                free(buf);
+                return NULL;
+        }
+        return buf;
+}
+
+/* The open count of a mapping from device-mapper; -ENODEV when it does not exist. Asking first
+ * spares libcryptsetup's remove retries (a second each) on a busy device. */
+static int mapping_open_count(const char *name, bool *ret_suspended) {
+        struct dm_task *dmt = dm_task_create(DM_DEVICE_INFO);
+        struct dm_info info = {};
+        int r = -ENODEV;
+
+        if (!dmt)
+                return -ENOMEM;
+        if (dm_task_set_name(dmt, name) && dm_task_run(dmt) && dm_task_get_info(dmt, &info) && info.exists) {
+                r = info.open_count;
+                if (ret_suspended)
+                        *ret_suspended = info.suspended;
+        }
+        dm_task_destroy(dmt);
+        return r;
+}
+
+static void volume_set_locked(Volume *v, VolumeLock lock) {
+        v->lock = lock;
+        v->suspended = lock == VOLUME_LOCK_SUSPENDED;
+        if (lock == VOLUME_LOCK_CLOSED) {
+                free(v->mapping);
+                v->mapping = NULL;
+        }
+}
+
+/* Locks one mapping: no token access, no registry write, no event (the caller does those once
+ * for all volumes of the key). Returns 1 when it locked something, 0 when there was nothing. */
+static int volume_lock_mapping(Volume *v, OnDisable how) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        int open_count, r;
+
+        if (!v->mapping || v->lock != VOLUME_LOCK_NONE)
+                return 0;
+        if (set_str(&v->restore_name, v->mapping) < 0)
+                return -ENOMEM;
+        open_count = mapping_open_count(v->mapping, NULL);
+        if (open_count == -ENODEV) {
+                /* closed behind our back: nothing in the kernel to lock, re-open on restore */
+                volume_set_locked(v, VOLUME_LOCK_CLOSED);
+                return 1;
+        }
+        r = crypt_init_by_name(&cd, v->mapping);
+        if (r < 0)
+                return r;
+        if (how == ON_DISABLE_CLOSE && open_count == 0) {
+                r = crypt_deactivate_by_name(cd, v->mapping, 0);
+                if (r >= 0) {
+                        volume_set_locked(v, VOLUME_LOCK_CLOSED);
+                        return 1;
+                }
+                if (r != -EBUSY)
+                        return r;
+        }
+        /* the volume key leaves the kernel now, whatever happens to the mapping later */
+        r = crypt_suspend(cd, v->mapping);
+        if (r < 0)
+                return r;
+        volume_set_locked(v, VOLUME_LOCK_SUSPENDED);
+        if (how == ON_DISABLE_CLOSE) {
+                /* still open: removed by the kernel when the last user closes it */
+                r = crypt_deactivate_by_name(cd, v->mapping, CRYPT_DEACTIVATE_DEFERRED);
+                if (r >= 0)
+                        volume_set_locked(v, VOLUME_LOCK_CLOSING);
+                else
+                        log_warning_errno(r, "Mapping '%s' is suspended but could not be marked for deferred removal: %m",
+                                          v->mapping);
+        }
+        return 1;
+}
+
+static OnDisable key_on_disable(Manager *m, const char *key_id) {
+        KeyInfo k = {};
+        OnDisable o = m->volumes->on_disable;
+
+        if (key_lookup(m, key_id, &k) >= 0 && k.on_disable && on_disable_from_string(k.on_disable) >= 0)
+                o = on_disable_from_string(k.on_disable);
+        key_info_done(&k);
+        return o;
+}
+
+static void volume_set_lock_reason(Volume *v, const char *key_state) {
+        _cleanup_free_ char *users = NULL;
+        char *s = NULL;
+        const char *what;
+
+        switch (v->lock) {
+        case VOLUME_LOCK_SUSPENDED:
+                what = "mapping suspended, volume key wiped from the kernel, I/O held";
+                break;
+        case VOLUME_LOCK_CLOSING:
+                users = mapping_users(v->restore_name);
+                what = "mapping closing (deferred removal), volume key wiped from the kernel";
+                break;
+        case VOLUME_LOCK_CLOSED:
+                what = "mapping closed";
+                break;
+        default:
+                return;
+        }
+        if (asprintf(&s, "key %s is %s: %s%s%s", strempty(v->key_id), strempty(key_state), what,
+                     users ? "; in use by: " : "", strempty(users)) < 0)
+                return;
+        free(v->lock_reason);
+        v->lock_reason = s;
+}
+
+/* Locks every live mapping of the key's volumes in one pass, then records and reports. */
+static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
+        VolumeRegistry *reg = m->volumes;
+        _cleanup_free_ bool *locked = calloc(reg->n + 1, sizeof(bool));
+        const char *key_state = key_state_to_string(state);
+        unsigned n_locked = 0, n_failed = 0;
+        uint64_t t0, t1;
+        OnDisable how;
+        bool any = false;
+
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq_ptr(reg->volumes[i]->key_id, key_id) && reg->volumes[i]->mapping &&
+                    reg->volumes[i]->lock == VOLUME_LOCK_NONE)
+                        any = true;
+        if (!any || !locked)
+                return;
+        how = key_on_disable(m, key_id);
+        t0 = cmek_monotonic_usec();
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                int r;
+
+                if (!streq_ptr(v->key_id, key_id))
+                        continue;
+                r = volume_lock_mapping(v, how);
+                if (r < 0) {
+                        n_failed++;
+                        log_error_errno(r, "Failed to lock the mapping '%s' of %s: %m", strempty(v->mapping), v->path);
+                        audit_volume(m, "volume.locked", "failed", v, strerror(-r));
+                } else if (r > 0) {
+                        locked[i] = true;
+                        n_locked++;
+                }
+        }
+        t1 = cmek_monotonic_usec();
+        log_notice("Key %s is %s: %u mapping(s) locked (%s) in %llu ms%s.", key_id, key_state, n_locked,
+                   on_disable_to_string(how), (unsigned long long) ((t1 - t0) / 1000),
+                   n_failed ? ", some failed" : "");
+        (void) volume_registry_save(m);
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                if (!locked[i])
+                        continue;
+                v->locked_usec = cmek_now_usec();
+                volume_set_lock_reason(v, key_state);
+                audit_volume(m, "volume.locked", "ok", v, v->lock_reason);
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "on_disable", json_object_new_string(on_disable_to_string(how)));
+                json_object_object_add(x, "lock_usec", json_object_new_int64((int64_t) (t1 - t0)));
+                volume_event(m, "volume.locked", v, key_state, x);
+        }
+        (void) volume_registry_save(m);
+}
+
+/* At deletion nothing can ever be restored: the mapping goes, busy or not (a busy one is
+ * replaced by an error target, so held I/O fails and its users can close it). */
+static void volume_close_for_deletion(Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        const char *name = v->mapping;
+        int open_count, r;
+
+        if (!name)
+                return;
+        open_count = mapping_open_count(name, NULL);
+        if (open_count != -ENODEV && crypt_init_by_name(&cd, name) >= 0) {
+                r = crypt_deactivate_by_name(cd, name, open_count > 0 ? CRYPT_DEACTIVATE_FORCE : 0);
+                if (r < 0 && mapping_open_count(name, NULL) >= 0) {
+                        r = crypt_deactivate_by_name(cd, name, CRYPT_DEACTIVATE_DEFERRED);
+                        log_warning("%s: key deleted; mapping '%s' is still in use, removed when it is closed%s.", v->path,
+                                    name, r < 0 ? " (deferred removal failed)" : "");
+                        (void) set_str(&v->restore_name, name);
+                        volume_set_locked(v, VOLUME_LOCK_CLOSING);
+                        return;
+                }
+        }
+        (void) set_str(&v->restore_name, name);
+        volume_set_locked(v, VOLUME_LOCK_CLOSED);
+}
+
+/* The key is gone: close the mapping, destroy the CMEK keyslot (its DEK can never be unwrapped
+ * again) and the token. Without another keyslot the volume is crypto-shredded. */
 static int volume_shred(Manager *m, Volume *v) {
         _cleanup_crypt_ struct crypt_device *cd = NULL;
         CmekToken t = CMEK_TOKEN_NULL;
         int tok, others, r;
 
+        volume_close_for_deletion(v);
         r = volume_open_header(v, &cd);
         if (r == -ENODEV) {
                 v->state = VOLUME_SHRED_PENDING;
@@ -1052,6 +1388,8 @@ static int volume_shred(Manager *m, Volume *v) {
         others = count_active_keyslots(cd, -1);
         v->keyslot = v->token = -1;
         v->pending_rewrap = false;
+        free(v->lock_reason);
+        v->lock_reason = NULL;
         if (others > 0) {
                 v->state = VOLUME_KEY_DELETED;
                 audit_volume(m, "volume.shredded", "not-shredded", v, "not shredded: has other keyslots");
@@ -1062,35 +1400,14 @@ static int volume_shred(Manager *m, Volume *v) {
                 audit_volume(m, "volume.shredded", "ok", v, "crypto-shredded: no keyslot left");
                 log_notice("%s: key %s deleted, volume crypto-shredded (UNRECOVERABLE).", v->path, v->key_id);
         }
-        return volume_registry_save(m);
-}
-
-/* Disable / pending deletion: every active mapping of a bound volume is locked at once. A
- * suspended mapping keeps its I/O queued and its key wiped from the kernel; it resumes with
- * 'volume unlock' once the key is enabled again (never automatically). */
-static void volume_lock_mapping(Manager *m, Volume *v) {
-        _cleanup_crypt_ struct crypt_device *cd = NULL;
-        int r;
-
-        if (!v->mapping || v->suspended)
-                return;
-        r = crypt_init_by_name(&cd, v->mapping);
-        if (r < 0) {
-                /* not active any more */
-                free(v->mapping);
-                v->mapping = NULL;
-                return;
+        r = volume_registry_save(m);
+        {
+                json_object *x = json_object_new_object();
+                json_object_object_add(x, "other_keyslots", json_object_new_int(others));
+                json_object_object_add(x, "shredded", json_object_new_boolean(others == 0));
+                volume_event(m, "volume.unrecoverable", v, "DELETED", x);
         }
-        r = crypt_deactivate(cd, v->mapping);
-        if (r == -EBUSY)
-                r = crypt_suspend(cd, v->mapping), v->suspended = r >= 0;
-        else if (r >= 0) {
-                free(v->mapping);
-                v->mapping = NULL;
-        }
-        audit_volume(m, "volume.locked", r >= 0 ? "ok" : "failed", v,
-                     v->suspended ? "key disabled: mapping suspended, key wiped from the kernel"
-                                  : "key disabled: mapping closed");
+        return r;
 }
 
 void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, int new_state) {
@@ -1098,16 +1415,201 @@ void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, in
 
         if (!reg)
                 return;
+        /* locking first: nothing else (audit, events, hooks) may delay it */
+        if (new_state == KEY_STATE_DISABLED || new_state == KEY_STATE_PENDING_DELETION)
+                volumes_lock_key(m, key_id, new_state);
+        if (new_state == KEY_STATE_DELETED)
+                for (size_t i = 0; i < reg->n; i++) {
+                        Volume *v = reg->volumes[i];
+                        if (streq_ptr(v->key_id, key_id) && (v->state == VOLUME_BOUND || v->state == VOLUME_SHRED_PENDING))
+                                (void) volume_shred(m, v);
+                }
+        (void) volume_registry_save(m);
+}
+
+/* Every key with a bound volume, once, re-read from its token. Cheap: one metadata lookup and
+ * one usage-flag read per key, nothing per volume. */
+void volumes_watch_now(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        _cleanup_free_ char **ids = NULL;
+        size_t n = 0;
+        bool changed = false;
+
+        if (!reg || reg->n == 0)
+                return;
+        ids = calloc(reg->n, sizeof(char *));
+        if (!ids)
+                return;
         for (size_t i = 0; i < reg->n; i++) {
                 Volume *v = reg->volumes[i];
-                if (!streq_ptr(v->key_id, key_id))
+                bool seen = false;
+
+                /* a deferred removal that the kernel carried out */
+                if (v->lock == VOLUME_LOCK_CLOSING && v->restore_name && mapping_open_count(v->restore_name, NULL) == -ENODEV) {
+                        volume_set_locked(v, VOLUME_LOCK_CLOSED);
+                        free(v->lock_reason);
+                        v->lock_reason = NULL;
+                        (void) asprintf(&v->lock_reason, "key %s is not enabled: mapping closed", strempty(v->key_id));
+                        changed = true;
+                }
+                if (v->state != VOLUME_BOUND || !v->key_id || v->provider_managed)
                         continue;
-                if (new_state == KEY_STATE_DELETED && (v->state == VOLUME_BOUND || v->state == VOLUME_SHRED_PENDING))
-                        (void) volume_shred(m, v);
-                else if (new_state == KEY_STATE_DISABLED || new_state == KEY_STATE_PENDING_DELETION)
-                        volume_lock_mapping(m, v);
+                for (size_t j = 0; j < n && !seen; j++)
+                        seen = streq(ids[j], v->key_id);
+                if (!seen && !(ids[n++] = strdup(v->key_id)))
+                        n--;
         }
-        (void) volume_registry_save(m);
+        if (changed)
+                (void) volume_registry_save(m);
+        for (size_t j = 0; j < n; j++) {
+                KeyState st;
+                /* a change seen here reaches volumes_key_state_changed() through the key code;
+                 * locking again is for what it cannot see (a key found disabled at start) */
+                if (key_watch(m, ids[j], &st) >= 0 && (st == KEY_STATE_DISABLED || st == KEY_STATE_PENDING_DELETION))
+                        volumes_lock_key(m, ids[j], st);
+                free(ids[j]);
+        }
+}
+
+static int on_watch_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        volumes_watch_now(m);
+        (void) sd_event_source_set_time(s, usec + m->volumes->watch_usec);
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
+        return 0;
+}
+
+int volume_restore(Manager *m, Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        _cleanup_secure_ void *dek = NULL;
+        CmekToken t = CMEK_TOKEN_NULL;
+        KeyInfo key = {};
+        const char *name;
+        bool suspended = false;
+        int tok, r;
+
+        if (v->lock == VOLUME_LOCK_NONE)
+                return -ENXIO;
+        if (v->state != VOLUME_BOUND)
+                return -ENOKEY;
+        name = v->restore_name ?: v->mapping;
+        if (!name)
+                return -ENXIO;
+        /* "no automatic restore", and no restore at all unless the key is ENABLED */
+        r = lookup_key(m, v->key_id, &key);
+        if (r < 0)
+                return r;
+        key_info_done(&key);
+
+        if (mapping_open_count(name, &suspended) >= 0) {
+                r = crypt_init_by_name(&cd, name);
+                if (r < 0)
+                        return r;
+                if (!streq_ptr(crypt_get_uuid(cd), v->uuid))
+                        return -ENODEV; /* another volume holds that name now */
+                if (v->lock == VOLUME_LOCK_CLOSING) {
+                        r = crypt_deactivate_by_name(cd, name, CRYPT_DEACTIVATE_DEFERRED_CANCEL);
+                        if (r < 0)
+                                log_debug_errno(r, "Could not cancel the deferred removal of '%s': %m", name);
+                }
+                if (suspended) {
+                        /* the DEK again, through the token: the same refusals as an unlock */
+                        r = find_bound_token(cd, &tok, &t);
+                        if (r >= 0)
+                                r = volume_unwrap_token(m, v->uuid, &t, &dek);
+                        if (r >= 0)
+                                r = crypt_resume_by_passphrase(cd, name, t.keyslot, dek, CMEK_DEK_SIZE);
+                        cmek_token_done(&t);
+                        if (r < 0)
+                                return r;
+                }
+                r = set_str(&v->mapping, name);
+                if (r < 0)
+                        return r;
+        } else {
+                /* closed: open it again under the name it had */
+                _cleanup_free_ char *n = strdup(name);
+                if (!n)
+                        return -ENOMEM;
+                r = volume_activate(m, v, n);
+                if (r < 0)
+                        return r;
+        }
+        v->lock = VOLUME_LOCK_NONE;
+        v->suspended = false;
+        v->locked_usec = 0;
+        free(v->restore_name);
+        v->restore_name = NULL;
+        free(v->lock_reason);
+        v->lock_reason = NULL;
+        return volume_registry_save(m);
+}
+
+/* AVAILABLE, UNAVAILABLE (with why) or UNRECOVERABLE. */
+static const char *volume_availability(const Volume *v, const char *key_state, char **ret_reason) {
+        char *why = NULL;
+        const char *a = "UNAVAILABLE";
+
+        switch (v->state) {
+        case VOLUME_UNRECOVERABLE:
+                a = "UNRECOVERABLE";
+                why = strdup("key deleted: CMEK keyslot destroyed and no other keyslot (crypto-shredded)");
+                break;
+        case VOLUME_KEY_DELETED:
+                why = strdup("key deleted: CMEK keyslot destroyed; only the other keyslots open it");
+                break;
+        case VOLUME_SHRED_PENDING:
+                a = "UNRECOVERABLE";
+                why = strdup("key deleted while the volume was unreachable: its CMEK keyslot is destroyed when it is seen");
+                break;
+        default:
+                if (v->lock != VOLUME_LOCK_NONE) {
+                        if (streq_ptr(key_state, "ENABLED"))
+                                (void) asprintf(&why, "%s; the key is ENABLED again: run 'cmekctl volume restore'",
+                                                v->lock_reason ?: "locked");
+                        else
+                                why = strdup(v->lock_reason ?: "locked");
+                } else if (!v->provider_managed && !streq_ptr(key_state, "ENABLED"))
+                        (void) asprintf(&why, "key %s is %s", strempty(v->key_id), key_state ?: "UNKNOWN");
+                else
+                        a = "AVAILABLE";
+        }
+        *ret_reason = why;
+        return a;
+}
+
+void volume_event(Manager *m, const char *type, Volume *v, const char *key_state, json_object *extra) {
+        json_object *d = json_object_new_object();
+        _cleanup_free_ char *why = NULL;
+        KeyInfo k = {};
+        const char *a;
+
+        if (!key_state) {
+                if (v->key_id && key_lookup(m, v->key_id, &k) >= 0)
+                        key_state = key_state_to_string(k.state);
+                else
+                        key_state = v->state == VOLUME_BOUND ? "UNKNOWN" : "DELETED";
+        }
+        json_object_object_add(d, "uuid", json_object_new_string(v->uuid));
+        json_object_object_add(d, "path", v->path ? json_object_new_string(v->path) : NULL);
+        json_object_object_add(d, "key_id", v->key_id ? json_object_new_string(v->key_id) : NULL);
+        json_object_object_add(d, "key_version", json_object_new_int64(v->key_version));
+        json_object_object_add(d, "key_state", json_object_new_string(key_state));
+        json_object_object_add(d, "state", json_object_new_string(volume_state_to_string(v->state)));
+        json_object_object_add(d, "mapping", v->mapping ? json_object_new_string(v->mapping) : NULL);
+        json_object_object_add(d, "lock", json_object_new_string(volume_lock_to_string(v->lock)));
+        a = volume_availability(v, key_state, &why);
+        json_object_object_add(d, "availability", json_object_new_string(a));
+        if (why)
+                json_object_object_add(d, "unavailable_reason", json_object_new_string(why));
+        if (extra) {
+                json_object_object_foreach(extra, name, val)
+                        json_object_object_add(d, name, json_object_get(val));
+                json_object_put(extra);
+        }
+        key_info_done(&k);
+        manager_event(m, type, d);
 }
 
 void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
@@ -1116,9 +1618,21 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         char detail[160];
         AuditRecord rec = { .event = "volume.rewrap_started", .operation = "cmekd", .result = "ok", .key_id = key_id };
 
+        unsigned total = 0;
+        json_object *d;
+
         if (!reg)
                 return;
         (void) manager_audit(m, NULL, &rec);
+        for (size_t i = 0; i < reg->n; i++)
+                total += streq_ptr(reg->volumes[i]->key_id, key_id) && reg->volumes[i]->state == VOLUME_BOUND;
+        d = json_object_new_object();
+        json_object_object_add(d, "key_id", json_object_new_string(key_id));
+        json_object_object_add(d, "key_state", json_object_new_string("ENABLED"));
+        json_object_object_add(d, "version", json_object_new_int64(new_version));
+        json_object_object_add(d, "trigger", json_object_new_string("rotation"));
+        json_object_object_add(d, "total", json_object_new_int64(total));
+        manager_event(m, "rewrap.started", d);
         for (size_t i = 0; i < reg->n; i++) {
                 Volume *v = reg->volumes[i];
                 RewrapResult res;
@@ -1139,10 +1653,65 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         rec.detail = detail;
         (void) manager_audit(m, NULL, &rec);
         log_info("Key %s rotated: %s.", key_id, detail);
+        d = json_object_new_object();
+        json_object_object_add(d, "key_id", json_object_new_string(key_id));
+        json_object_object_add(d, "key_state", json_object_new_string("ENABLED"));
+        json_object_object_add(d, "version", json_object_new_int64(new_version));
+        json_object_object_add(d, "trigger", json_object_new_string("rotation"));
+        json_object_object_add(d, "total", json_object_new_int64(total));
+        for (RewrapResult k = 0; k < _REWRAP_RESULT_MAX; k++)
+                json_object_object_add(d, rewrap_result_to_string(k), json_object_new_int64(n[k]));
+        manager_event(m, "rewrap.completed", d);
+}
+
+/* The [enforcement] section of cmekd.conf; other sections belong to other modules. */
+static int enforcement_parse_config(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        _cleanup_fclose_ FILE *f = NULL;
+        _cleanup_free_ char *line = NULL;
+        size_t alloc = 0;
+        unsigned lineno = 0;
+        bool in = false;
+
+        if (!m->config_path)
+                return 0;
+        f = fopen(m->config_path, "re");
+        if (!f)
+                return errno == ENOENT ? 0 : log_warning_errno(errno, "Cannot read '%s', ignoring: %m", m->config_path);
+        while (getline(&line, &alloc, f) >= 0) {
+                char key[64], value[128];
+                lineno++;
+                line[strcspn(line, "\n")] = 0;
+                if (sscanf(line, " [%63[^]]]", key) == 1) {
+                        in = streq(key, "enforcement");
+                        continue;
+                }
+                if (!in || sscanf(line, " %63[^=# \t] = %127s", key, value) != 2)
+                        continue;
+                if (streq(key, "on-disable")) {
+                        OnDisable o = on_disable_from_string(value);
+                        if (o < 0)
+                                log_warning("%s:%u: on-disable is 'suspend' or 'close', not '%s', ignoring.",
+                                            m->config_path, lineno, value);
+                        else
+                                reg->on_disable = o;
+                } else if (streq(key, "watch-interval")) {
+                        char *end;
+                        double sec = strtod(value, &end);
+                        if (*end || !(sec >= 0.1 && sec <= 3600))
+                                log_warning("%s:%u: watch-interval is seconds between 0.1 and 3600, not '%s', ignoring.",
+                                            m->config_path, lineno, value);
+                        else
+                                reg->watch_usec = (uint64_t) (sec * 1e6);
+                } else
+                        log_warning("%s:%u: unknown setting '%s' in [enforcement], ignoring.", m->config_path, lineno, key);
+        }
+        return 0;
 }
 
 int volumes_init(Manager *m) {
         VolumeRegistry *reg;
+        int r;
 
         /* never dlopen our own token plugin into the daemon: it would call the daemon */
         crypt_token_external_disable();
@@ -1156,13 +1725,30 @@ int volumes_init(Manager *m) {
                 return -ENOMEM;
         }
         m->volumes = reg;
-        return registry_load(m);
+        reg->on_disable = ON_DISABLE_SUSPEND;
+        reg->watch_usec = WATCH_INTERVAL_DEFAULT_USEC;
+        (void) enforcement_parse_config(m);
+        r = registry_load(m);
+        if (r < 0)
+                return r;
+        log_info("Enforcement: on-disable=%s, watching the keys of bound volumes every %.1f s.",
+                 on_disable_to_string(reg->on_disable), reg->watch_usec / 1e6);
+        /* a key disabled while we were not running: its mappings are locked now */
+        volumes_watch_now(m);
+        if (m->event) {
+                r = sd_event_add_time_relative(m->event, &reg->watch, CLOCK_MONOTONIC, reg->watch_usec,
+                                               reg->watch_usec / 20, on_watch_timer, m);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to arm the enforcement watch: %m");
+        }
+        return 0;
 }
 
 void volumes_done(Manager *m) {
         VolumeRegistry *reg = m->volumes;
         if (!reg)
                 return;
+        sd_event_source_disable_unref(reg->watch);
         for (size_t i = 0; i < reg->n; i++)
                 volume_free(reg->volumes[i]);
         free(reg->volumes);
@@ -1193,6 +1779,15 @@ json_object *volume_to_json(Manager *m, Volume *v, bool with_header) {
                                        v->state == VOLUME_BOUND ? "UNKNOWN" : "DELETED"));
         json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
         json_object_object_add(o, "mapped", json_object_new_boolean(mapping_active(v->mapping)));
+        {
+                _cleanup_free_ char *why = NULL, *users = NULL;
+                const char *ks = cmek_json_get_string(o, "key_state");
+                json_object_object_add(o, "availability", json_object_new_string(volume_availability(v, ks, &why)));
+                if (why)
+                        json_object_object_add(o, "unavailable_reason", json_object_new_string(why));
+                if (v->lock == VOLUME_LOCK_CLOSING && v->restore_name && (users = mapping_users(v->restore_name)))
+                        json_object_object_add(o, "in_use_by", json_object_new_string(users));
+        }
         /* the seeds' two metrics */
         json_object_object_add(o, "EncryptionKeyStatus", json_object_new_int(enabled && v->state == VOLUME_BOUND));
         json_object_object_add(o, "EncryptionKeyType", json_object_new_int(!v->provider_managed));

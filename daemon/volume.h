@@ -21,6 +21,28 @@ typedef enum VolumeState {
 const char *volume_state_to_string(VolumeState s);
 VolumeState volume_state_from_string(const char *s);
 
+/* What enforcement did to the volume's mapping when its key stopped being ENABLED. */
+typedef enum VolumeLock {
+        VOLUME_LOCK_NONE,       /* not locked by enforcement */
+        VOLUME_LOCK_SUSPENDED,  /* crypt_suspend(): I/O held, volume key wiped from the kernel */
+        VOLUME_LOCK_CLOSING,    /* suspended and marked for deferred removal: still held open */
+        VOLUME_LOCK_CLOSED,     /* mapping removed; restore re-opens it under restore_name */
+        _VOLUME_LOCK_MAX,
+        _VOLUME_LOCK_INVALID = -EINVAL,
+} VolumeLock;
+const char *volume_lock_to_string(VolumeLock l);
+VolumeLock volume_lock_from_string(const char *s);
+
+/* [enforcement] on-disable= of cmekd.conf, or a key's own on_disable. */
+typedef enum OnDisable {
+        ON_DISABLE_SUSPEND,
+        ON_DISABLE_CLOSE,
+        _ON_DISABLE_MAX,
+        _ON_DISABLE_INVALID = -EINVAL,
+} OnDisable;
+const char *on_disable_to_string(OnDisable o);
+OnDisable on_disable_from_string(const char *s);
+
 typedef struct Volume {
         char *uuid;             /* LUKS2 UUID: the identity */
         char *path;             /* last known path (image file or block device) */
@@ -33,13 +55,21 @@ typedef struct Volume {
         char *mapping;          /* dm-crypt name while unlocked by cmekd, else NULL */
         bool provider_managed;  /* bound to the broker's default key (EncryptionKeyType 0) */
         bool pending_rewrap;    /* a rotation could not reach it: re-wrap when it is back */
-        bool suspended;         /* locked by a key disable (crypt_suspend), waits for restore */
+        bool suspended;         /* lock == VOLUME_LOCK_SUSPENDED (kept for the registry and the IDL) */
+        VolumeLock lock;        /* what enforcement did; cleared only by 'volume restore' */
+        char *restore_name;     /* the mapping name to resume or re-open on restore */
+        char *lock_reason;      /* why it is locked, for volume_to_json and events */
+        uint64_t locked_usec;
 } Volume;
 
 struct VolumeRegistry {
         char *path;             /* <state-dir>/volumes.json */
         Volume **volumes;
         size_t n;
+        /* enforcement ([enforcement] in cmekd.conf) */
+        OnDisable on_disable;   /* default for keys without their own on_disable */
+        uint64_t watch_usec;    /* how often the keys of bound volumes are re-read from their tokens */
+        sd_event_source *watch;
 };
 
 typedef enum RewrapResult {
@@ -86,6 +116,17 @@ int volume_rewrap(Manager *m, Volume *v, const char *new_key_id, bool new_secret
 int volume_remove_slot(Manager *m, Volume *v);
 /* Registers a LUKS2 volume that carries a cmek token (registry rebuild). 0 added, 1 known. */
 int volume_adopt(Manager *m, const char *path, Volume **ret);
+
+/* Enforcement. Re-reads the keys of bound volumes from their tokens (metadata and usage flags)
+ * and locks the mappings of every key that is not ENABLED: on the watch timer and at the start
+ * of volume requests. */
+void volumes_watch_now(Manager *m);
+/* Resumes or re-opens the locked mappings of v; -EKEYREVOKED etc. unless its key is ENABLED,
+ * -ENXIO when v is not locked. */
+int volume_restore(Manager *m, Volume *v);
+/* An event about v with the key's state (key_state NULL: looked up) and, when v is
+ * unavailable, why. extra (may be NULL) is merged in; takes ownership of it. */
+void volume_event(Manager *m, const char *type, Volume *v, const char *key_state, json_object *extra);
 
 /* The JSON object of io.cmek.Volume's VolumeInfo; with_header also reads the header (keyslots). */
 json_object *volume_to_json(Manager *m, Volume *v, bool with_header);

@@ -15,7 +15,7 @@
 
 typedef struct KeyArgs {
         const char *compartment, *vault, *protection_mode, *wrapped_file, *algorithm, *key_file,
-                *public_key, *out;
+                *public_key, *out, *on_disable;
         int64_t length, rotation, days;
 } KeyArgs;
 
@@ -23,7 +23,7 @@ typedef struct KeyArgs {
  * argument, or -CTL_EXIT_USAGE after a message. */
 static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
         enum { ARG_COMP = 0x100, ARG_VAULT, ARG_LENGTH, ARG_MODE, ARG_ROT, ARG_DAYS, ARG_WRAPPED, ARG_ALG,
-               ARG_KEYFILE, ARG_PUB, ARG_OUT };
+               ARG_KEYFILE, ARG_PUB, ARG_OUT, ARG_ON_DISABLE };
         static const struct option options[] = {
                 CTL_OPTION_JSON,
                 { "compartment", required_argument, NULL, ARG_COMP },
@@ -37,6 +37,7 @@ static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
                 { "key-file", required_argument, NULL, ARG_KEYFILE },
                 { "public-key", required_argument, NULL, ARG_PUB },
                 { "out", required_argument, NULL, ARG_OUT },
+                { "on-disable", required_argument, NULL, ARG_ON_DISABLE },
                 {}
         };
         int c;
@@ -55,6 +56,13 @@ static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
                 case ARG_KEYFILE: a->key_file = optarg; break;
                 case ARG_PUB: a->public_key = optarg; break;
                 case ARG_OUT: a->out = optarg; break;
+                case ARG_ON_DISABLE:
+                        if (!streq(optarg, "suspend") && !streq(optarg, "close")) {
+                                fprintf(stderr, "cmekctl %s: --on-disable is 'suspend' or 'close'.\n", argv[0]);
+                                return -CTL_EXIT_USAGE;
+                        }
+                        a->on_disable = optarg;
+                        break;
                 case ARG_LENGTH:
                 case ARG_ROT:
                 case ARG_DAYS: {
@@ -189,6 +197,7 @@ static void print_key(json_object *key) {
                 snprintf(b, sizeof(b), "every %" PRIi64 " days", days);
         ctl_print_field("rotation", days > 0 ? b : "manual");
         ctl_print_field("provider managed", cmek_json_get_bool(key, "provider_managed", false) ? "yes" : "no");
+        ctl_print_field("on disable", jstr(key, "on_disable") ?: "the [enforcement] default of cmekd.conf");
         for (size_t i = 0; vs && i < json_object_array_length(vs); i++) {
                 json_object *v = json_object_array_get_idx(vs, i);
                 char name[64], val[256], n[32];
@@ -229,6 +238,8 @@ static int verb_key_create(int argc, char *argv[]) {
                 json_object_object_add(p, "protection_mode", json_object_new_string(a.protection_mode));
         if (a.vault)
                 json_object_object_add(p, "vault", json_object_new_string(a.vault));
+        if (a.on_disable)
+                json_object_object_add(p, "on_disable", json_object_new_string(a.on_disable));
         k = ctl_call("io.cmek.Key.Create", p, &r);
         json_object_put(p);
         return k != 0 ? k : reply_key(r);
@@ -469,7 +480,7 @@ out:
 const Verb key_verbs[] = {
         { "vault", "list", "", "List vaults: token, model, free slots, key count, or why unavailable", verb_vault_list },
         { "vault", "show", "[VAULT]", "Show one vault (default: \"default\")", verb_vault_show },
-        { "key", "create", "NAME --compartment C [--length 256] [--protection-mode hsm|software] [--vault V] [--rotation-interval DAYS]",
+        { "key", "create", "NAME --compartment C [--length 256] [--protection-mode hsm|software] [--vault V] [--rotation-interval DAYS] [--on-disable suspend|close]",
           "Create a master key in a vault", verb_key_create },
         { "key", "list", "[--compartment C]", "List master keys", verb_key_list },
         { "key", "show", "KEY", "Show a key (id, name or COMPARTMENT/NAME)", verb_key_show },

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* cmekctl volume ...: create, bind, unbind, unlock, lock, rewrap, list, show, scan. */
+/* cmekctl volume ...: create, bind, unbind, unlock, lock, restore, rewrap, list, show, scan. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -105,8 +105,13 @@ static void print_volume(json_object *v) {
         ctl_print_field("keyslot", int_str(v, "keyslot", b2));
         ctl_print_field("mapping", cmek_json_get_string(v, "mapping"));
         ctl_print_field("mapped", cmek_json_get_bool(v, "mapped", false) ? "yes" : "no");
-        if (cmek_json_get_bool(v, "suspended", false))
-                ctl_print_field("suspended", "yes: key disabled; enable it, then 'cmekctl volume unlock'");
+        ctl_print_field("availability", cmek_json_get_string(v, "availability"));
+        if (cmek_json_get_string(v, "unavailable_reason"))
+                ctl_print_field("unavailable", cmek_json_get_string(v, "unavailable_reason"));
+        if (cmek_json_get_string(v, "lock") && !streq(cmek_json_get_string(v, "lock"), "none"))
+                ctl_print_field("locked", cmek_json_get_string(v, "lock"));
+        if (cmek_json_get_string(v, "in_use_by"))
+                ctl_print_field("in use by", cmek_json_get_string(v, "in_use_by"));
         if (cmek_json_get_bool(v, "pending_rewrap", false))
                 ctl_print_field("pending re-wrap", "yes: the volume was unreachable during a rotation");
         ctl_print_field("EncryptionKeyStatus", int_str(v, "EncryptionKeyStatus", b3));
@@ -369,6 +374,65 @@ static int verb_lock(int argc, char *argv[]) {
         return k;
 }
 
+static int verb_restore(int argc, char *argv[]) {
+        static const char usage[] = "DEVICE | --key KEY";
+        static const struct option options[] = {
+                CTL_OPTION_JSON,
+                { "key", required_argument, NULL, OPT_KEY },
+                {}
+        };
+        json_object *p = json_object_new_object(), *r = NULL, *res;
+        const char *key = NULL;
+        int64_t restored = 0, failed = 0;
+        int c, k;
+
+        optind = 0;
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case 'J': arg_json = true; break;
+                case OPT_KEY: key = optarg; break;
+                default: json_object_put(p); return CTL_EXIT_USAGE;
+                }
+        if ((key && optind != argc) || (!key && argc - optind != 1)) {
+                json_object_put(p);
+                return usage_error("restore", usage);
+        }
+        if (key)
+                json_object_object_add(p, "key", json_object_new_string(key));
+        else
+                json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+        k = ctl_call("io.cmek.Volume.Restore", p, &r);
+        json_object_put(p);
+        if (k != 0)
+                return k;
+        if (!key) {
+                if (!arg_json) {
+                        json_object *v = NULL;
+                        json_object_object_get_ex(r, "volume", &v);
+                        printf("%s restored as /dev/mapper/%s.\n", argv[optind], strempty(cmek_json_get_string(v, "mapping")));
+                        json_object_put(r);
+                        return 0;
+                }
+                return finish_volume_reply(r);
+        }
+        (void) cmek_json_get_int64(r, "restored", &restored);
+        (void) cmek_json_get_int64(r, "failed", &failed);
+        if (arg_json)
+                ctl_print_json(r);
+        else {
+                if (json_object_object_get_ex(r, "results", &res))
+                        for (size_t i = 0; i < json_object_array_length(res); i++) {
+                                json_object *e = json_object_array_get_idx(res, i);
+                                printf("%s: %s%s%s\n", strempty(cmek_json_get_string(e, "path")),
+                                       strempty(cmek_json_get_string(e, "result")),
+                                       cmek_json_get_string(e, "error") ? ": " : "", strempty(cmek_json_get_string(e, "error")));
+                        }
+                printf("%" PRIi64 " restored, %" PRIi64 " failed.\n", restored, failed);
+        }
+        json_object_put(r);
+        return failed > 0 ? CTL_EXIT_FAILURE : 0;
+}
+
 static int verb_show(int argc, char *argv[]) {
         return verb_simple(argc, argv, "io.cmek.Volume.Show", "DEVICE");
 }
@@ -393,7 +457,7 @@ static int verb_list(int argc, char *argv[]) {
                 json_object_put(r);
                 return 0;
         }
-        t = table_new("UUID", "PATH", "KEY", "VER", "KEY STATE", "STATE", "MAPPED", "STATUS", "TYPE", NULL);
+        t = table_new("UUID", "PATH", "KEY", "VER", "KEY STATE", "STATE", "MAPPED", "AVAILABILITY", "STATUS", "TYPE", NULL);
         if (json_object_object_get_ex(r, "volumes", &a))
                 for (size_t i = 0; i < json_object_array_length(a); i++) {
                         json_object *v = json_object_array_get_idx(a, i);
@@ -402,6 +466,7 @@ static int verb_list(int argc, char *argv[]) {
                                   cmek_json_get_string(v, "key_id"), int_str(v, "key_version", b1),
                                   cmek_json_get_string(v, "key_state"), cmek_json_get_string(v, "state"),
                                   cmek_json_get_bool(v, "mapped", false) ? "yes" : "no",
+                                  cmek_json_get_string(v, "availability"),
                                   int_str(v, "EncryptionKeyStatus", b2), int_str(v, "EncryptionKeyType", b3));
                 }
         table_print(t);
@@ -533,6 +598,8 @@ const Verb volume_verbs[] = {
           "Revert to the provider-managed key, or remove the CMEK keyslot", verb_unbind },
         { "volume", "unlock", "DEVICE [--name NAME] [--test]", "Unwrap and open the volume (--test: check only)", verb_unlock },
         { "volume", "lock", "DEVICE", "Close the volume's mapping", verb_lock },
+        { "volume", "restore", "DEVICE | --key KEY",
+          "Resume or re-open what a key disable locked (the key must be ENABLED again)", verb_restore },
         { "volume", "rewrap", "[--key KEY | DEVICE...] [--new-secret]",
           "Re-wrap DEKs under the newest key version (--new-secret: new keyslot secrets)", verb_rewrap },
         { "volume", "list", "", "List bound volumes with their key state and metrics", verb_list },

@@ -61,6 +61,7 @@ void key_info_done(KeyInfo *k) {
         free(k->name);
         free(k->compartment);
         free(k->vault);
+        free(k->on_disable);
         *k = (KeyInfo) {};
 }
 int key_lookup(Manager *m, const char *id, KeyInfo *ret) {
@@ -73,6 +74,13 @@ int key_lookup(Manager *m, const char *id, KeyInfo *ret) {
         return 0;
 }
 int key_get_default(Manager *m, KeyInfo *ret) { return key_lookup(m, "cmek.key.default", ret); }
+int key_watch(Manager *m, const char *id, KeyState *ret_state) {
+        StubKey *k = stub_find(id);
+        if (!k)
+                return -ENOENT;
+        *ret_state = k->state;
+        return 0;
+}
 int key_encrypt(Manager *m, const char *key_id, unsigned version, const void *aad, size_t aad_size,
                 const void *pt, size_t pt_size, unsigned *ret_version, uint8_t iv[12], void *ct, uint8_t tag[16]) {
         StubKey *k = stub_find(key_id);
