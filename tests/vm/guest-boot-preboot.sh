@@ -57,7 +57,9 @@ cat >$sysd/cmek-vmtest-loop.service <<UNIT
 [Unit]
 Description=Loop devices for the cmek boot test
 DefaultDependencies=no
-After=systemd-udevd-kernel.socket systemd-tmpfiles-setup-dev.service kmod-static-nodes.service
+# after udev's coldplug trigger: its synthetic "add" for a loop device queued behind our
+# "change" was seen to drop the by-uuid link for a moment, and BindsTo= then failed the volume
+After=systemd-udev-trigger.service systemd-tmpfiles-setup-dev.service kmod-static-nodes.service
 Before=cryptsetup-pre.target local-fs-pre.target
 Wants=cryptsetup-pre.target
 
