@@ -632,7 +632,9 @@ int server_listen(Manager *m, int fd) {
         if (r < 0)
                 return r;
         (void) sd_event_source_set_io_fd_own(s, true);
+        /* the loop takes its own reference; drop ours so it is freed with the loop */
         (void) sd_event_source_set_floating(s, true);
+        sd_event_source_unref(s);
         return 0;
 }
 

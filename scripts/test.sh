@@ -50,8 +50,9 @@ for b in $builds; do
             echo "=== failed tests ($b) ==="
             sed -n '/^FAIL\|^ERROR/p' "$dir/check.out"
             # the failing tests' own logs
-            for t in $(sed -n 's/^\(FAIL\|ERROR\): \(.*\)$/\2/p' "$dir/check.out"); do
-                [ -f "$dir/$t.log" ] && { echo "--- $t.log (tail) ---"; tail -40 "$dir/$t.log"; }
+            for t in $(sed -n 's/^\(FAIL\|ERROR\): \([^ ]*\).*$/\2/p' "$dir/check.out" | sort -u); do
+                l="$dir/${t%.*}.log"; [ -f "$l" ] || l="$dir/$t.log"
+                [ -f "$l" ] && { echo "--- $l (tail) ---"; tail -40 "$l"; }
             done
         fi
     else
