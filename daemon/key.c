@@ -34,12 +34,29 @@ typedef struct KnownState {
         KeyState state;
 } KnownState;
 
+/* Metadata read from the token, kept briefly: without it every unwrap searches the token and
+ * parses the key's JSON twice (C_FindObjects, C_GetAttributeValue, json parse: two thirds of its
+ * instructions under callgrind). The token stays the truth: an entry serves for at most
+ * KEY_CACHE_USEC, every metadata write or deletion by this broker drops the cache, key_watch()
+ * always reads the token, and the version's usage flags are read from the token on every use. */
+#define KEY_CACHE_USEC (USEC_PER_SEC / 2)
+
+typedef struct KeyCacheEntry {
+        char *id;
+        Vault *vault;
+        CK_OBJECT_HANDLE handle;
+        json_object *meta;
+        uint64_t loaded_usec;           /* CLOCK_MONOTONIC */
+} KeyCacheEntry;
+
 struct KeyStore {
         VaultSet *vaults;
         sd_event_source *timer;
         bool data_update_refused;       /* the token does not let CKA_VALUE change */
         KnownState *known;              /* last state seen per key: notices other brokers' changes */
         size_t n_known;
+        KeyCacheEntry *cache;
+        size_t n_cache;
 };
 
 static const char *const key_state_table[_KEY_STATE_MAX] = {
@@ -238,10 +255,79 @@ static int vault_load_keys(Vault *v, const char *label, Key ***ret, size_t *ret_
         return 0;
 }
 
+static void key_cache_entry_done(KeyCacheEntry *e) {
+        free(e->id);
+        json_object_put(e->meta);
+}
+
+/* id NULL: all entries. */
+static void key_cache_drop(Manager *m, const char *id) {
+        KeyStore *ks = m->keys;
+        size_t j = 0;
+
+        for (size_t i = 0; i < ks->n_cache; i++) {
+                if (!id || streq(ks->cache[i].id, id))
+                        key_cache_entry_done(&ks->cache[i]);
+                else
+                        ks->cache[j++] = ks->cache[i];
+        }
+        ks->n_cache = j;
+}
+
+/* A private copy of a fresh entry, or -ENOENT. */
+static int key_cache_get(Manager *m, const char *id, Key **ret) {
+        KeyStore *ks = m->keys;
+        uint64_t now = cmek_monotonic_usec();
+
+        for (size_t i = 0; i < ks->n_cache; i++) {
+                KeyCacheEntry *e = &ks->cache[i];
+                Key *k;
+                if (!streq(e->id, id))
+                        continue;
+                if (now - e->loaded_usec >= KEY_CACHE_USEC || vault_unavailable_reason(e->vault)) {
+                        key_cache_drop(m, id);
+                        return -ENOENT;
+                }
+                k = calloc(1, sizeof(Key));
+                if (!k)
+                        return -ENOMEM;
+                k->vault = e->vault;
+                k->handle = e->handle;
+                if (json_object_deep_copy(e->meta, &k->meta, NULL) < 0) {
+                        free(k);
+                        return -ENOMEM;
+                }
+                *ret = k;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+static void key_cache_put(Manager *m, const Key *k) {
+        KeyStore *ks = m->keys;
+        KeyCacheEntry e = { .vault = k->vault, .handle = k->handle, .loaded_usec = cmek_monotonic_usec() };
+
+        key_cache_drop(m, key_get_id(k));
+        e.id = strdup(key_get_id(k));
+        if (!e.id || json_object_deep_copy(k->meta, &e.meta, NULL) < 0) {
+                free(e.id);
+                return;
+        }
+        KeyCacheEntry *a = reallocarray(ks->cache, ks->n_cache + 1, sizeof(KeyCacheEntry));
+        if (!a) {
+                key_cache_entry_done(&e);
+                return;
+        }
+        ks->cache = a;
+        ks->cache[ks->n_cache++] = e;
+}
+
 static int key_store_meta(Manager *m, Key *k) {
         CK_OBJECT_HANDLE h;
         const char *text;
         int r;
+
+        key_cache_drop(m, NULL);
 
         meta_set_u64(k, "generation", meta_u64(k, "generation") + 1);
         text = json_object_to_json_string_ext(k->meta, JSON_C_TO_STRING_PLAIN);
@@ -339,20 +425,27 @@ int key_load_all(Manager *m, Key ***ret, size_t *ret_n) {
 
 static int key_delete_now(Manager *m, Key *k);
 
-static int key_load_raw(Manager *m, const char *id_or_name, Key **ret) {
+/* cached: the caller only uses the key (encrypt, decrypt, lookup), it changes nothing in the token. */
+static int key_load_raw(Manager *m, const char *id_or_name, bool cached, Key **ret) {
         Key *found = NULL;
         int r;
 
         if (strncmp(id_or_name, KEY_ID_PREFIX, strlen(KEY_ID_PREFIX)) == 0) {
                 VaultSet *vs = keys_vaults(m);
+                if (!cached)
+                        key_cache_drop(m, id_or_name);
+                else if (key_cache_get(m, id_or_name, &found) == -ENOMEM)
+                        return -ENOMEM;
                 for (size_t i = 0; i < vault_set_size(vs) && !found; i++) {
                         Vault *v = vault_set_get(vs, i);
                         Key **a;
                         size_t n;
                         if (vault_unavailable_reason(v) || vault_load_keys(v, id_or_name, &a, &n) < 0)
                                 continue;
-                        if (n > 0)
+                        if (n > 0) {
                                 found = TAKE_PTR(a[0]);
+                                key_cache_put(m, found);
+                        }
                         key_array_free(a, n);
                 }
         } else {
@@ -385,11 +478,11 @@ static int key_load_raw(Manager *m, const char *id_or_name, Key **ret) {
         return 0;
 }
 
-int key_load(Manager *m, const char *id_or_name, Key **ret) {
+static int key_load_full(Manager *m, const char *id_or_name, bool cached, Key **ret) {
         Key *k;
         int r;
 
-        r = key_load_raw(m, id_or_name, &k);
+        r = key_load_raw(m, id_or_name, cached, &k);
         if (r < 0)
                 return r;
         /* a deletion that is due happens at the first touch, whatever the timer did */
@@ -400,6 +493,10 @@ int key_load(Manager *m, const char *id_or_name, Key **ret) {
         }
         *ret = k;
         return 0;
+}
+
+int key_load(Manager *m, const char *id_or_name, Key **ret) {
+        return key_load_full(m, id_or_name, /* cached= */ false, ret);
 }
 
 size_t key_count_in_vault(Manager *m, const char *vault) {
@@ -739,7 +836,9 @@ int key_watch(Manager *m, const char *id_or_name, KeyState *ret_state) {
         _cleanup_(key_freep) Key *k = NULL;
         int r;
 
-        /* notices a metadata change (another broker, or pkcs11-tool) and a deletion that is due */
+        /* notices a metadata change (another broker, or pkcs11-tool) and a deletion that is due:
+         * always from the token, which also refreshes the cache */
+        key_cache_drop(m, NULL);
         r = key_load(m, id_or_name, &k);
         if (r < 0)
                 return r;
@@ -753,6 +852,8 @@ static int key_delete_now(Manager *m, Key *k) {
         json_object *a = meta_versions(k);
         KeyState old = key_get_state(k);
         int r;
+
+        key_cache_drop(m, NULL);
 
         for (size_t i = 0; a && i < json_object_array_length(a); i++) {
                 json_object *e = json_object_array_get_idx(a, i);
@@ -841,7 +942,11 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
         default:
                 return -EINVAL;
         }
-        /* token first when turning off: the key stops working before we say so */
+        /* the volumes first when turning off: locking them must not wait for the token writes
+         * (the hook is idempotent; it runs again with the events below) */
+        if (new == KEY_STATE_DISABLED || new == KEY_STATE_PENDING_DELETION)
+                modules_key_state_changed(m, key_get_id(k), old, new);
+        /* then the token: the key stops working before we say so */
         if (new != KEY_STATE_ENABLED)
                 (void) key_set_usage(k, false);
         meta_set_str(k, "state", key_state_to_string(new));
@@ -1008,7 +1113,7 @@ static int key_encrypt_internal(Manager *m, const char *key_id, unsigned version
         unsigned current;
         int r;
 
-        r = key_load(m, key_id, &k);
+        r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
         r = key_refusal(key_get_state(k));
@@ -1046,7 +1151,7 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
         int r;
 
-        r = key_load(m, key_id, &k);
+        r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
         r = key_refusal(key_get_state(k));
@@ -1097,7 +1202,7 @@ static int key_fill_info(Key *k, KeyInfo *ret) {
 
 int key_lookup(Manager *m, const char *id_or_name, KeyInfo *ret) {
         _cleanup_(key_freep) Key *k = NULL;
-        int r = key_load(m, id_or_name, &k);
+        int r = key_load_full(m, id_or_name, /* cached= */ true, &k);
         if (r < 0)
                 return r;
         return key_fill_info(k, ret);
@@ -1164,6 +1269,8 @@ void keys_done(Manager *m) {
         for (size_t i = 0; i < ks->n_known; i++)
                 free(ks->known[i].id);
         free(ks->known);
+        key_cache_drop(m, NULL);
+        free(ks->cache);
         free(ks);
         m->keys = NULL;
         m->vaults = NULL;
