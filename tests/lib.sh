@@ -104,3 +104,14 @@ json_get() { # JSON FIELD (top level, via python3)
 for k in sys.argv[2].split("."): v=v[int(k)] if isinstance(v,list) else v.get(k)
 print(v if not isinstance(v,(dict,list,bool)) else json.dumps(v))' "$1" "$2"
 }
+
+# In the sanitizer build the token plugin carries ASan/UBSan: cryptsetup (not sanitized) can
+# load it only with the runtimes preloaded. Leak checking stays on for our own programs only.
+if [ "${CMEK_BUILD_FLAVOR:-}" = asan ]; then
+    CMEK_SAN_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+    cryptsetup() {
+        LD_PRELOAD="$CMEK_SAN_PRELOAD" ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 command cryptsetup "$@"
+    }
+    export -f cryptsetup
+    export CMEK_SAN_PRELOAD
+fi
