@@ -80,7 +80,7 @@ step "Creating a 64 MiB loop-backed LUKS2 volume bound to demo-key"
 truncate -s 64M "$scratch/volume.img"
 loopdev=$(losetup --find --show "$scratch/volume.img")
 echo "loop device: $loopdev"
-ctl volume create "$loopdev" --key demo-key --name cmek-demo
+ctl volume create "$loopdev" --key demo-key
 echo "# cryptsetup luksDump $loopdev (the cmek token)"
 cryptsetup luksDump "$loopdev" | sed -n '/^Tokens:/,/^Digests:/p'
 
