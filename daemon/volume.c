@@ -26,6 +26,8 @@
 #include <sys/sysmacros.h>
 #include <libcryptsetup.h>
 #include <libdevmapper.h>
+#include <linux/keyctl.h>
+#include <sys/syscall.h>
 #include <openssl/rand.h>
 
 #include "cmek-fault.h"
@@ -229,12 +231,36 @@ static json_object *volume_to_registry_json(const Volume *v) {
         return o;
 }
 
+void volume_registry_defer_save(Manager *m) {
+        m->volumes->save_deferred++;
+}
+
+/* Ends a volume_registry_defer_save(); saves when anything changed in between. */
+int volume_registry_flush(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+
+        if (reg->save_deferred > 0 && --reg->save_deferred > 0)
+                return 0;
+        if (!reg->save_pending)
+                return 0;
+        return volume_registry_save(m);
+}
+
 int volume_registry_save(Manager *m) {
         VolumeRegistry *reg = m->volumes;
-        json_object *o = json_object_new_object(), *a = json_object_new_array();
+        json_object *o, *a;
         const char *s;
         int r;
 
+        /* the headers are the truth: an entry left behind by a crash mid-batch is corrected by
+         * the next rewrap or scan of that volume */
+        if (reg->save_deferred > 0) {
+                reg->save_pending = true;
+                return 0;
+        }
+        reg->save_pending = false;
+        o = json_object_new_object();
+        a = json_object_new_array();
         json_object_object_add(o, "version", json_object_new_int(1));
         for (size_t i = 0; i < reg->n; i++)
                 json_object_array_add(a, volume_to_registry_json(reg->volumes[i]));
@@ -1188,6 +1214,64 @@ static int mapping_open_count(const char *name, bool *ret_suspended) {
         return r;
 }
 
+/* What crypt_suspend() does, without loading the LUKS2 header first (that costs more than the
+ * rest under emulation, times the number of volumes): suspend without flushing (I/O is held,
+ * nothing lost), wipe the key in dm-crypt, and revoke the kernel keyring copy libcryptsetup
+ * made at activation (a logon key in this thread's keyring, named in the table). */
+static int mapping_suspend_wipe(const char *name) {
+        _cleanup_free_ char *desc = NULL;
+        struct dm_task *dmt;
+        uint64_t start, length;
+        char *type = NULL, *params = NULL;
+        int r = -EIO;
+
+        dmt = dm_task_create(DM_DEVICE_TABLE);
+        if (!dmt)
+                return -ENOMEM;
+        if (dm_task_secure_data(dmt) && dm_task_set_name(dmt, name) && dm_task_run(dmt)) {
+                (void) dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
+                if (!type || !streq(type, "crypt"))
+                        r = -EMEDIUMTYPE;
+                else {
+                        /* "cipher key iv_offset ...": a keyring key is ":SIZE:logon:DESCRIPTION" */
+                        const char *k = strchr(params ?: "", ' ');
+                        if (k && strncmp(k + 1, ":", 1) == 0) {
+                                const char *d = strstr(k + 1, ":logon:");
+                                if (d)
+                                        desc = strndup(d + 7, strcspn(d + 7, " "));
+                        }
+                        r = 0;
+                }
+        }
+        dm_task_destroy(dmt); /* secure data: libdevmapper wipes the table buffer */
+        if (r < 0)
+                return r;
+
+        dmt = dm_task_create(DM_DEVICE_SUSPEND);
+        if (!dmt)
+                return -ENOMEM;
+        r = dm_task_set_name(dmt, name) && dm_task_no_flush(dmt) && dm_task_skip_lockfs(dmt) && dm_task_run(dmt) ? 0 : -EIO;
+        dm_task_destroy(dmt);
+        if (r < 0)
+                return r;
+        dmt = dm_task_create(DM_DEVICE_TARGET_MSG);
+        if (!dmt)
+                return -ENOMEM;
+        r = dm_task_set_name(dmt, name) && dm_task_set_sector(dmt, 0) && dm_task_set_message(dmt, "key wipe") &&
+            dm_task_run(dmt) ? 0 : -EIO;
+        dm_task_destroy(dmt);
+        if (r < 0)
+                return r;       /* suspended, key not wiped: the caller reports the failure */
+        if (desc) {
+                long id = syscall(SYS_keyctl, KEYCTL_SEARCH, KEY_SPEC_THREAD_KEYRING, "logon", desc, 0);
+                if (id >= 0) {
+                        (void) syscall(SYS_keyctl, KEYCTL_REVOKE, id);
+                        (void) syscall(SYS_keyctl, KEYCTL_UNLINK, id, KEY_SPEC_THREAD_KEYRING);
+                }
+        }
+        return 0;
+}
+
 static void volume_set_locked(Volume *v, VolumeLock lock) {
         v->lock = lock;
         v->suspended = lock == VOLUME_LOCK_SUSPENDED;
@@ -1213,10 +1297,17 @@ static int volume_lock_mapping(Volume *v, OnDisable how) {
                 volume_set_locked(v, VOLUME_LOCK_CLOSED);
                 return 1;
         }
+        if (how == ON_DISABLE_SUSPEND) {
+                r = mapping_suspend_wipe(v->mapping);
+                if (r < 0)
+                        return r;
+                volume_set_locked(v, VOLUME_LOCK_SUSPENDED);
+                return 1;
+        }
         r = crypt_init_by_name(&cd, v->mapping);
         if (r < 0)
                 return r;
-        if (how == ON_DISABLE_CLOSE && open_count == 0) {
+        if (open_count == 0) {
                 r = crypt_deactivate_by_name(cd, v->mapping, 0);
                 if (r >= 0) {
                         volume_set_locked(v, VOLUME_LOCK_CLOSED);
@@ -1633,6 +1724,7 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         json_object_object_add(d, "trigger", json_object_new_string("rotation"));
         json_object_object_add(d, "total", json_object_new_int64(total));
         manager_event(m, "rewrap.started", d);
+        volume_registry_defer_save(m);
         for (size_t i = 0; i < reg->n; i++) {
                 Volume *v = reg->volumes[i];
                 RewrapResult res;
@@ -1646,6 +1738,7 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
                                           v->path, key_id, new_version);
                 n[res]++;
         }
+        (void) volume_registry_flush(m);
         (void) snprintf(detail, sizeof(detail), "version %u: %u rewrapped, %u current, %u unreachable, %u failed",
                         new_version, n[REWRAP_DONE], n[REWRAP_CURRENT], n[REWRAP_UNREACHABLE], n[REWRAP_FAILED]);
         rec.event = "volume.rewrap_completed";
