@@ -406,15 +406,20 @@ static int connection_process_loop(Connection *c) {
                 size_t mlen;
                 int r;
 
-                if (!nul) {
-                        if (c->in_len > CMEK_MAX_REQUEST_SIZE) {
-                                c->close_after_flush = true;
-                                (void) send_json_error(c, CMEK_ERROR_MESSAGE_TOO_LARGE,
-                                                       "request larger than " STRINGIFY(CMEK_MAX_REQUEST_SIZE) " bytes");
-                        }
+                /* the limit holds whether or not the NUL already is in the buffer (which reads
+                 * up to 8 KiB beyond it) */
+                mlen = nul ? (size_t) (nul - c->in) : c->in_len;
+                if (mlen > CMEK_MAX_REQUEST_SIZE) {
+                        char m[64];
+                        explicit_bzero(c->in, c->in_len);
+                        c->in_len = 0;
+                        c->close_after_flush = true;
+                        (void) snprintf(m, sizeof(m), "request larger than %u bytes", CMEK_MAX_REQUEST_SIZE);
+                        (void) send_json_error(c, CMEK_ERROR_MESSAGE_TOO_LARGE, m);
                         break;
                 }
-                mlen = (size_t) (nul - c->in);
+                if (!nul)
+                        break;
                 r = cmek_varlink_parse(c->in, mlen, &msg);
                 explicit_bzero(c->in, mlen + 1);
                 memmove(c->in, nul + 1, c->in_len - mlen - 1);
