@@ -535,6 +535,7 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                 json_object_object_add(d, "total", json_object_new_int64((int64_t) n));
                 manager_event(m, "rewrap.started", d);
         }
+        volume_registry_defer_save(m);
         for (size_t i = 0; i < n; i++) {
                 Volume *v = list[i];
                 RewrapResult res;
@@ -561,6 +562,7 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                 }
                 json_object_array_add(results, e);
         }
+        (void) volume_registry_flush(m);
         snprintf(detail, sizeof(detail), "%u rewrapped, %u current, %u unreachable, %u failed",
                  count[REWRAP_DONE], count[REWRAP_CURRENT], count[REWRAP_UNREACHABLE], count[REWRAP_FAILED]);
         audit(m, c, "volume.rewrap_completed", count[REWRAP_FAILED] ? "partial" : "ok", NULL, key ? k.id : NULL, NULL, detail);

@@ -70,6 +70,10 @@ struct VolumeRegistry {
         OnDisable on_disable;   /* default for keys without their own on_disable */
         uint64_t watch_usec;    /* how often the keys of bound volumes are re-read from their tokens */
         sd_event_source *watch;
+        /* a batch (rotation, rewrap) saves the registry once at its end, not once per volume: each
+         * save writes every volume's entry, which made re-wrapping N volumes O(N^2) */
+        unsigned save_deferred;
+        bool save_pending;
 };
 
 typedef enum RewrapResult {
@@ -90,6 +94,8 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version);
 /* registry */
 Volume *volume_find(Manager *m, const char *uuid_path_or_name);
 int volume_registry_save(Manager *m);
+void volume_registry_defer_save(Manager *m);
+int volume_registry_flush(Manager *m);
 int volume_registry_remove(Manager *m, Volume *v);
 
 /* Errors of every operation below: -EMEDIUMTYPE not LUKS2, -ENODEV no such device/image,
