@@ -17,6 +17,7 @@
 #define CONNECTION_IDLE_USEC (60ULL * 1000000ULL)   /* a silent client is dropped after this */
 #define CONNECTION_MAX_OUTPUT (64U * 1024U * 1024U) /* a client that does not read is dropped */
 #define CONNECTIONS_MAX 4096U
+#define LISTEN_PAUSE_USEC (250ULL * 1000ULL)          /* out of descriptors: accept again after this */
 
 struct Connection {
         Manager *manager;
@@ -579,6 +580,11 @@ static int read_peer(int fd, Caller *ret) {
         }
 }
 
+static int on_listen_resume(sd_event_source *t, uint64_t usec, void *userdata) {
+        (void) sd_event_source_set_enabled(userdata, SD_EVENT_ON);
+        return 0;
+}
+
 static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
 
@@ -591,7 +597,13 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                         if (errno == EAGAIN || errno == EINTR)
                                 return 0;
                         if (errno == EMFILE || errno == ENFILE) {
+                                /* the pending connection keeps the socket readable: stop listening
+                                 * for a moment rather than spin (and log) in a loop */
                                 log_warning("Out of file descriptors with %u clients, refusing new ones for now.", m->n_connections);
+                                if (sd_event_source_set_enabled(s, SD_EVENT_OFF) >= 0 &&
+                                    sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, LISTEN_PAUSE_USEC, 0,
+                                                               on_listen_resume, s) < 0)
+                                        (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
                                 return 0;
                         }
                         log_warning("accept() failed: %s, ignoring.", strerror(errno));
