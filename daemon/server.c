@@ -16,6 +16,7 @@
 
 #define CONNECTION_IDLE_USEC (60ULL * 1000000ULL)   /* a silent client is dropped after this */
 #define CONNECTION_MAX_OUTPUT (64U * 1024U * 1024U) /* a client that does not read is dropped */
+#define CONNECTION_OUTPUT_PAUSE (1024U * 1024U)     /* no new request is read while this much waits */
 #define CONNECTIONS_MAX 4096U
 #define LISTEN_PAUSE_USEC (250ULL * 1000ULL)          /* out of descriptors: accept again after this */
 
@@ -54,7 +55,7 @@ static void connection_update_events(Connection *c) {
         uint32_t ev = 0;
         if (c->dead)
                 return;
-        if (!c->close_after_flush && !c->current)
+        if (!c->close_after_flush && !c->current && c->out_len < CONNECTION_OUTPUT_PAUSE)
                 ev |= EPOLLIN;
         if (c->out_len > 0)
                 ev |= EPOLLOUT;
@@ -401,7 +402,9 @@ static int connection_process(Connection *c) {
 
 static int connection_process_loop(Connection *c) {
         /* One call at a time per connection, in order, as Varlink requires. */
-        while (!c->current && !c->close_after_flush && !c->dead) {
+        /* A client that pipelines requests without reading the replies is not served further
+         * until it reads: its replies cannot pile up to more than about CONNECTION_OUTPUT_PAUSE. */
+        while (!c->current && !c->close_after_flush && !c->dead && c->out_len < CONNECTION_OUTPUT_PAUSE) {
                 char *nul = c->in_len ? memchr(c->in, 0, c->in_len) : NULL;
                 json_object *msg = NULL;
                 size_t mlen;
@@ -492,6 +495,9 @@ static int on_connection_io(sd_event_source *s, int fd, uint32_t revents, void *
                 r = connection_flush(c);
                 if (r >= 0 && c->close_after_flush && c->out_len == 0)
                         r = -ECONNRESET;
+                /* requests held back while the replies waited */
+                if (r >= 0 && !(revents & EPOLLIN) && c->in_len > 0)
+                        r = connection_process(c);
         }
         if (r >= 0 && (revents & EPOLLIN)) {
                 r = connection_read(c);
