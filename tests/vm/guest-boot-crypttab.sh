@@ -11,7 +11,7 @@ cmekctl status >/dev/null || fail "cmekctl status does not answer"
 say "cmekd.socket active, cmekctl status answers; cmekd.service: $(systemctl is-active cmekd.service)"
 
 systemctl is-active --quiet "$unit" || { show_unit "$unit"; journalctl -b -o short-monotonic --no-pager |
-    grep -E 'cmekvol|loop0|by.x2duuid|cmek-vmtest|udev' | tail -n 60 | sed 's/^/    boot: /'; fail "$unit is $(systemctl is-active "$unit")"; }
+    grep -E 'cmekvol|vda|by.x2duuid|udev' | tail -n 60 | sed 's/^/    boot: /'; fail "$unit is $(systemctl is-active "$unit")"; }
 [ -b /dev/mapper/cmekvol ] || fail "/dev/mapper/cmekvol is missing"
 say "$unit active: unlock took $(unit_span "$unit") ms (systemd-cryptsetup start to active)"
 cryptsetup status cmekvol | sed 's/^/    /'
@@ -36,7 +36,7 @@ sys.exit(0 if hits else 1)
 PY
 
 # udev: bound, but owned by crypttab, so no cmek-attach@ for it
-dev=$(losetup -j /var/lib/cmek-vmtest/crypt.img -O NAME -n | head -n 1)
+dev=$(readlink -f "/dev/disk/by-uuid/$CRYPT_UUID")
 props=$(udevadm info -q property -n "$dev")
 grep -qx CMEK_BOUND=1 <<<"$props" || fail "$dev: no CMEK_BOUND=1 in: $props"
 grep -qx CMEK_CRYPTTAB=1 <<<"$props" || fail "$dev: no CMEK_CRYPTTAB=1"

@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # Pre-boot script for vm-boot-hotplug.test (vm-run --systemd --pre-boot): runs chrooted in the
 # guest's overlay root before systemd starts and installs what `make install` would, from the
-# build tree, plus the test's state: cmekd's state dir and images prepared on the host, loop
-# devices set up early at boot, /etc/crypttab and /etc/fstab entries.
+# build tree, plus the test's state: cmekd's state dir and images prepared on the host,
+# /etc/crypttab and /etc/fstab entries for the two virtio disks.
 # Needs CMEK_VM_DIR (the host's preparation dir, with vm.env) in the environment.
 set -euo pipefail
 say() { echo "boot-preboot: $*"; }
@@ -50,30 +50,10 @@ rm -rf /var/lib/cmekd
 cp -a "$CMEK_VM_DIR/state" /var/lib/cmekd
 chmod 0700 /var/lib/cmekd
 
-# images on loop devices that exist early at boot, before cryptsetup.target
+# crypt.img and off.img are the VM's virtio disks (vm-run --drive): present at boot like real
+# disks. hot.img and plain.img are for the hotplug test, which puts them on loop devices.
 mkdir -p /var/lib/cmek-vmtest /mnt/cmek
-cp --sparse=always "$CMEK_VM_DIR"/img/*.img /var/lib/cmek-vmtest/
-cat >$sysd/cmek-vmtest-loop.service <<UNIT
-[Unit]
-Description=Loop devices for the cmek boot test
-DefaultDependencies=no
-# after udev's coldplug trigger: its synthetic "add" for a loop device queued behind our
-# "change" was seen to drop the by-uuid link for a moment, and BindsTo= then failed the volume
-After=systemd-udev-trigger.service systemd-tmpfiles-setup-dev.service kmod-static-nodes.service
-Before=cryptsetup-pre.target local-fs-pre.target
-Wants=cryptsetup-pre.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStartPre=-/sbin/modprobe loop
-ExecStart=/sbin/losetup --find /var/lib/cmek-vmtest/crypt.img
-ExecStart=/sbin/losetup --find /var/lib/cmek-vmtest/off.img
-
-[Install]
-WantedBy=sysinit.target
-UNIT
-ln -sf ../cmek-vmtest-loop.service $sysd/sysinit.target.wants/cmek-vmtest-loop.service
+cp --sparse=always "$CMEK_VM_DIR"/img/hot.img "$CMEK_VM_DIR"/img/plain.img /var/lib/cmek-vmtest/
 
 # crypttab: no key file, so systemd-cryptsetup tries the LUKS2 tokens (our plugin); headless:
 # never prompt; nofail: a volume that stays closed does not hold up the boot

@@ -55,8 +55,8 @@ udevadm trigger --action=remove "$dev"
 udevadm settle --timeout=60
 wait_for 60 test ! -e "$map" || { show_unit "$unit"; fail "$map still exists 60 s after the device was removed"; }
 t1=$(ms)
-st=$(systemctl is-active "$unit" || true)
-[ "$st" = inactive ] || { show_unit "$unit"; fail "$unit is '$st' after removal"; }
+unit_inactive() { [ "$(systemctl is-active "$unit")" = inactive ]; }
+wait_for 30 unit_inactive || { show_unit "$unit"; fail "$unit is '$(systemctl is-active "$unit")' 30 s after removal"; }
 say "remove uevent for $dev -> $unit stopped, $map closed in $((t1 - t0)) ms"
 losetup -d "$dev"
 say "PASS"
