@@ -19,6 +19,7 @@
 #include <p11-kit/p11-kit.h>
 #include <p11-kit/uri.h>
 
+#include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-secmem.h"
 #include "vault.h"
@@ -896,6 +897,7 @@ int vault_data_create(Vault *v, const char *label, const char *value, CK_OBJECT_
         CK_RV rv;
 
         VAULT_RUN(v, s, rv, v->module->C_CreateObject(s, tmpl, ARRAY_SIZE(tmpl), &h));
+        cmek_fault("vault-after-create-object");
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
         if (ret)
@@ -918,6 +920,7 @@ int vault_object_destroy(Vault *v, CK_OBJECT_HANDLE h) {
         CK_SESSION_HANDLE s;
         CK_RV rv;
 
+        cmek_fault("vault-before-destroy-object");
         VAULT_RUN(v, s, rv, v->module->C_DestroyObject(s, h));
         return vault_rv_to_errno(rv);
 }
@@ -982,6 +985,7 @@ int vault_secret_generate(Vault *v, const char *label, const char *id, unsigned 
         if (!valid_aes_len(bytes))
                 return -EINVAL;
         VAULT_RUN(v, s, rv, v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret));
+        cmek_fault("vault-after-generate-key");
         return vault_rv_to_errno(rv);
 }
 
@@ -1273,6 +1277,7 @@ static CK_RV unwrap_oaep(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE rsa, co
         memcpy(t, tmpl, n_tmpl * sizeof(CK_ATTRIBUTE));
         t[n_tmpl] = (CK_ATTRIBUTE) { CKA_VALUE, key, (CK_ULONG) key_size };
         rv = v->module->C_CreateObject(s, t, n_tmpl + 1, ret);
+        cmek_fault("vault-after-import-object");
 out:
         cmek_secure_free(raw);
         cmek_secure_free(key);

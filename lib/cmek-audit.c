@@ -14,6 +14,7 @@
 #include <systemd/sd-journal.h>
 
 #include "cmek-audit.h"
+#include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-util.h"
 
@@ -468,6 +469,7 @@ int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) 
 
         /* One write() per line: with O_APPEND and the flock() no other writer can interleave,
          * and a crash leaves at most one torn line at the end, which open() cuts. */
+        cmek_fault("audit-before-append");
         do
                 n = write(a->fd, line, len);
         while (n < 0 && errno == EINTR);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cmek-fault.h"
 #include "cmek-util.h"
 
 static int write_all(int fd, const void *data, size_t size) {
@@ -37,6 +38,7 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
                 r = -errno;
         if (r >= 0 && fsync(fd) < 0)
                 r = -errno;
+        cmek_fault("write-file-before-rename");
         if (r >= 0 && rename(tmp, path) < 0)
                 r = -errno;
         if (r < 0) {
