@@ -33,6 +33,12 @@ cp "$S/systemd/cmekd.socket" "$S/systemd/cmek-attach@.service" $sysd/
 mkdir -p "$sysd/systemd-cryptsetup@.service.d" $sysd/sockets.target.wants $sysd/sysinit.target.wants
 cp "$S/systemd/cmekd-cryptsetup.conf" "$sysd/systemd-cryptsetup@.service.d/cmekd.conf"
 install -D -m 0644 "$S/systemd/cmekd-tmpfiles.conf" /etc/tmpfiles.d/cmekd.conf
+# Test-only: under TCG on a loaded host, socket-activating cmekd (PID 1 latency + its start)
+# took 7-8 s, longer than the token plugin waits for a reply (5 s), and the boot volumes failed
+# with "cmekd ... did not answer". Have cmekd up before the crypttab volumes try their tokens
+# so that this test checks the units, not the emulator's speed. The shipped drop-in
+# (cmekd-cryptsetup.conf, installed above and loaded too) orders them after cmekd.socket only.
+printf '[Unit]\nWants=cmekd.service\nAfter=cmekd.service\n' >"$sysd/systemd-cryptsetup@.service.d/zz-vmtest.conf"
 ln -sf ../cmekd.socket $sysd/sockets.target.wants/cmekd.socket
 # The unit runs cmekd without --state-dir; a build configured with a prefix other than /usr
 # looks under $prefix/var, which ProtectSystem=strict keeps read-only. Point it at the
