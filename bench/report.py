@@ -110,6 +110,14 @@ if "unlock" in raw:
     for k in ("systemd_pkcs11", "clevis_tang"):
         if k in u and "cmek_create" in u:
             res["unlock"][k]["ratio_to_cmek_create"] = round(u[k]["median_ms"] / u["cmek_create"]["median_ms"], 2)
+    if "unlock_failed" in raw:
+        left = sorted(k for k, v in raw["unlock_failed"].items() if any(x[0] == "0" and x[1] == 0 for x in v))
+        dropped = {k: sum(1 for x in v if x[1] == 1) for k, v in raw["unlock_failed"].items()}
+        res["unlock_left_out"] = left
+        if left:
+            md += [f"Left out (failed their first unlock twice in this run): {', '.join(left)}.", ""]
+        if any(dropped.values()):
+            md += ["Samples dropped after a failed unlock: " + ", ".join(f"{k} {n}" for k, n in dropped.items() if n) + ".", ""]
     if a.dumps:
         md += ["What each volume makes cryptsetup compute:", ""]
         for v in ("floor", "create", "default"):
