@@ -1,18 +1,22 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Real dm-crypt: create, unlock, write, lock, unlock, read back through /dev/mapper; a key disable
-# closes the mapping. Runs directly where device-mapper works, else boots itself in tests/vm/vm-run.
+# Real dm-crypt: create, unlock, write, lock, unlock, read back through /dev/mapper. A key disable
+# suspends the mapping with its key wiped (on-disable=suspend, the default: I/O held, not failed,
+# resumed by 'volume restore'), or closes it (a key created with --on-disable close); enabling
+# the key again reopens nothing. Runs directly where device-mapper works, else boots itself in
+# tests/vm/vm-run.
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
 dm_works() { dmsetup targets >/dev/null 2>&1; }
 if [ -z "${VM_GUEST:-}" ] && [ -z "${CMEK_IN_VM:-}" ] && ! dm_works; then
     [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
     command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: no device-mapper and no qemu"; exit 77; }
     export CMEK_IN_VM=1 top_builddir top_srcdir
-    exec "$top_srcdir/tests/vm/vm-run" --timeout 240 --env top_builddir --env top_srcdir --env CMEK_IN_VM "$(readlink -f "$0")"
+    exec "$top_srcdir/tests/vm/vm-run" --timeout 240 --env top_builddir --env top_srcdir --env CMEK_IN_VM \
+        --env CMEK_BUILD_FLAVOR --env ASAN_OPTIONS --env UBSAN_OPTIONS --env LSAN_OPTIONS "$(readlink -f "$0")"
 fi
 . "$top_srcdir/tests/lib.sh"
 need_root
-need_cmd cryptsetup socat python3
+need_cmd cryptsetup dmsetup socat python3
 modprobe dm-crypt 2>/dev/null || true
 modprobe loop 2>/dev/null || true
 dm_works || skip "no device-mapper"
@@ -24,7 +28,7 @@ key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.lo
 cmekctl key create vm --compartment prod >/dev/null
 K=$(key_id prod/vm)
 NAME=cmekvm$$
-on_exit "cryptsetup close $NAME 2>/dev/null"
+on_exit "dmsetup remove --force $NAME 2>/dev/null"
 
 cmekctl volume create "$I/a.img" --key "$K" --size 64M --strict >/dev/null
 cmekctl volume unlock "$I/a.img" --name "$NAME" >/dev/null
@@ -41,14 +45,58 @@ cmekctl volume unlock "$I/a.img" --name "$NAME" >/dev/null
 dd if="/dev/mapper/$NAME" of="$TEST_TMP/back" bs=1M count=1 iflag=direct status=none
 cmp "$TEST_TMP/pattern" "$TEST_TMP/back" || fail "data read back differs"
 
-log "key disable closes the mapping; enable does not reopen it"
+is_suspended() { [ "$(dmsetup info -c --noheadings -o suspended "$1" 2>/dev/null)" = Suspended ]; }
+key_field() { dmsetup table --showkeys "$1" | awk '{print $5}'; }
+has_key_material() { # NAME: the table holds key hex digits or a keyring reference
+    case "$(key_field "$1")" in *[1-9a-f]*|:*) return 0 ;; *) return 1 ;; esac
+}
+has_key_material "$NAME" || fail "no key in the table of the active mapping (the check below would prove nothing)"
+
+log "on-disable=suspend (the default): key disable suspends the mapping and wipes its key; I/O is held"
 cmekctl key disable "$K" >/dev/null
-[ ! -e "/dev/mapper/$NAME" ] || fail "mapping still open after key disable"
-expect_exit 6 cmekctl volume unlock "$I/a.img" --name "$NAME"
+[ -b "/dev/mapper/$NAME" ] || fail "the mapping is gone: on-disable=suspend must keep it"
+is_suspended "$NAME" || fail "mapping not suspended after key disable"
+has_key_material "$NAME" && fail "key material still in the table of the suspended mapping"
+show=$(cmekctl volume show "$I/a.img" --json)
+[ "$(json_get "$show" volume.lock)" = suspended ] || fail "not reported suspended: $show"
+[ "$(json_get "$show" volume.availability)" = UNAVAILABLE ] || fail "not reported UNAVAILABLE: $show"
+# a reader blocks (held, not failed) until the restore
+dd if="/dev/mapper/$NAME" of="$TEST_TMP/held" bs=1M count=1 iflag=direct status=none &
+READER=$!
+sleep 1
+kill -0 $READER 2>/dev/null || fail "a read from the suspended mapping was not held"
+expect_exit 6 cmekctl volume unlock "$I/a.img" --name "${NAME}x"
+expect_exit 6 cmekctl volume restore "$I/a.img"
 cmekctl key enable "$K" >/dev/null
-[ ! -e "/dev/mapper/$NAME" ] || fail "mapping reopened by itself"
-cmekctl volume unlock "$I/a.img" --name "$NAME" >/dev/null
+sleep 1
+is_suspended "$NAME" || fail "mapping resumed by itself after key enable"
+kill -0 $READER 2>/dev/null || fail "the held read ended before the restore"
+cmekctl volume restore "$I/a.img" >/dev/null
+is_suspended "$NAME" && fail "mapping still suspended after restore"
+has_key_material "$NAME" || fail "no key in the table after restore"
+wait $READER || fail "the held read failed after restore"
+cmp "$TEST_TMP/pattern" "$TEST_TMP/held" || fail "the held read returned wrong data"
 dd if="/dev/mapper/$NAME" of="$TEST_TMP/back" bs=1M count=1 iflag=direct status=none
-cmp "$TEST_TMP/pattern" "$TEST_TMP/back" || fail "data read back differs after re-enable"
+cmp "$TEST_TMP/pattern" "$TEST_TMP/back" || fail "data read back differs after restore"
 cmekctl volume lock "$I/a.img" >/dev/null
+
+log "on-disable=close (per key): key disable closes the idle mapping; enable does not reopen it"
+cmekctl key create vmclose --compartment prod --on-disable close >/dev/null
+KC=$(key_id prod/vmclose)
+on_exit "dmsetup remove --force ${NAME}c 2>/dev/null"
+cmekctl volume create "$I/c.img" --key "$KC" --size 64M --strict >/dev/null
+cmekctl volume unlock "$I/c.img" --name "${NAME}c" >/dev/null
+dd if="$TEST_TMP/pattern" of="/dev/mapper/${NAME}c" bs=1M count=1 oflag=direct status=none
+cmekctl key disable "$KC" >/dev/null
+[ ! -e "/dev/mapper/${NAME}c" ] || fail "mapping still open after key disable under on-disable=close"
+[ "$(cmekctl volume show "$I/c.img" --json | json_get "$(cat)" volume.lock)" = closed ] || fail "not reported closed"
+expect_exit 6 cmekctl volume unlock "$I/c.img" --name "${NAME}c"
+cmekctl key enable "$KC" >/dev/null
+sleep 1
+[ ! -e "/dev/mapper/${NAME}c" ] || fail "mapping reopened by itself"
+cmekctl volume restore "$I/c.img" >/dev/null
+[ -b "/dev/mapper/${NAME}c" ] || fail "restore did not reopen the mapping under its name"
+dd if="/dev/mapper/${NAME}c" of="$TEST_TMP/back" bs=1M count=1 iflag=direct status=none
+cmp "$TEST_TMP/pattern" "$TEST_TMP/back" || fail "data read back differs after re-enable and restore"
+cmekctl volume lock "$I/c.img" >/dev/null
 log "ok"
