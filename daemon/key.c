@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
@@ -679,6 +680,96 @@ static int key_new_version(Key *k, unsigned version, unsigned bytes, const KeyCr
         return 0;
 }
 
+/* A key create, import or rotation makes its PKCS#11 secret object before the metadata object
+ * that names it: a crash in between would leave the object orphaned. So its label is written to
+ * <state-dir>/key-intent.json first (one at a time: the daemon is single-threaded), and removed
+ * once the metadata is stored; at start key_intent_resolve() destroys the object(s) of a label
+ * left there unless the key's metadata names it (the metadata is the truth, as for volumes). */
+#define KEY_INTENT_FILE "key-intent.json"
+
+static int key_intent_save(Manager *m, Key *k, unsigned version) {
+        _cleanup_free_ char *path = NULL, *label = NULL;
+        json_object *o;
+        int r;
+
+        if (key_is_software(k))
+                return 0;       /* no object: the sealed material lives in the metadata */
+        if (asprintf(&path, "%s/" KEY_INTENT_FILE, m->state_dir) < 0 ||
+            asprintf(&label, "cmek:%s:v%u", key_get_id(k), version) < 0)
+                return -ENOMEM;
+        o = json_object_new_object();
+        if (!o)
+                return -ENOMEM;
+        json_object_object_add(o, "key", json_object_new_string(key_get_id(k)));
+        json_object_object_add(o, "vault", json_object_new_string(vault_name(k->vault)));
+        json_object_object_add(o, "label", json_object_new_string(label));
+        {
+                const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+                r = cmek_write_file_atomic(path, text, strlen(text), 0600);
+        }
+        json_object_put(o);
+        if (r < 0)
+                return log_error_errno(r, "Failed to write %s: %m", path);
+        cmek_fault("key-after-intent");
+        return 0;
+}
+
+static void key_intent_clear(Manager *m) {
+        _cleanup_free_ char *path = NULL;
+        if (asprintf(&path, "%s/" KEY_INTENT_FILE, m->state_dir) >= 0)
+                (void) unlink(path);
+}
+
+static void key_intent_resolve(Manager *m) {
+        _cleanup_free_ char *path = NULL, *text = NULL;
+        const char *id, *label, *vname;
+        json_object *o = NULL;
+        Key *k = NULL;
+        Vault *v;
+        bool named = false;
+        unsigned n = 0;
+        int r;
+
+        if (asprintf(&path, "%s/" KEY_INTENT_FILE, m->state_dir) < 0)
+                return;
+        if (cmek_read_file(path, 4096, &text, NULL) < 0)
+                return;
+        o = json_tokener_parse(text);
+        id = cmek_json_get_string(o, "key");
+        label = cmek_json_get_string(o, "label");
+        vname = cmek_json_get_string(o, "vault");
+        v = vname ? vault_set_find(keys_vaults(m), vname) : NULL;
+        if (!id || !label || !v) {
+                log_warning("%s: unreadable, removing it.", path);
+                goto done;
+        }
+        if (vault_unavailable_reason(v)) {
+                log_warning("Vault '%s' is unavailable: the interrupted key operation of %s is resolved at the next start.",
+                            vname, label);
+                json_object_put(o);
+                return;
+        }
+        r = key_load_raw(m, id, false, &k);
+        if (r < 0 && r != -ENOENT) {
+                log_warning_errno(r, "Failed to load key '%s' to resolve an interrupted operation, next start: %m", id);
+                json_object_put(o);
+                return;
+        }
+        for (size_t i = 0; k && meta_versions(k) && i < json_object_array_length(meta_versions(k)); i++)
+                named = named || streq_ptr(cmek_json_get_string(json_object_array_get_idx(meta_versions(k), i), "label"), label);
+        key_free(k);
+        if (!named) {
+                CK_OBJECT_HANDLE h;
+                while (vault_secret_find(v, label, &h) >= 0 && vault_object_destroy(v, h) >= 0)
+                        n++;
+        }
+        if (n > 0)
+                log_info("Removed %u orphaned key object(s) '%s' of an interrupted key create/import/rotation.", n, label);
+done:
+        json_object_put(o);
+        (void) unlink(path);
+}
+
 int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const char **ret_reason) {
         _cleanup_free_ char *id = NULL;
         _cleanup_(key_freep) Key *k = NULL;
@@ -734,9 +825,14 @@ int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const c
         if (p->on_disable)
                 meta_set_str(k, "on_disable", p->on_disable);
 
-        r = key_new_version(k, 1, p->bits / 8, p->wrapped ? p : NULL, &version);
+        r = key_intent_save(m, k, 1);
         if (r < 0)
                 return r;
+        r = key_new_version(k, 1, p->bits / 8, p->wrapped ? p : NULL, &version);
+        if (r < 0) {
+                key_intent_clear(m);
+                return r;
+        }
         versions = json_object_new_array();
         json_object_array_add(versions, version);
         json_object_object_add(k->meta, "versions", versions);
@@ -748,8 +844,10 @@ int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const c
                 CK_OBJECT_HANDLE h;
                 if (!key_is_software(k) && vault_secret_find(v, cmek_json_get_string(version, "label"), &h) >= 0)
                         (void) vault_object_destroy(v, h);
+                key_intent_clear(m);
                 return r;
         }
+        key_intent_clear(m);
         key_set_known_state(m, k);
         (void) manager_audit(m, c, &(AuditRecord) {
                 .event = p->wrapped ? "key.imported" : "key.created",
@@ -886,9 +984,14 @@ static int key_rotate_now(Manager *m, Call *c, Key *k, unsigned *ret_version) {
         json_object *e;
         int r;
 
-        r = key_new_version(k, next, (unsigned) meta_u64(k, "length") ?: 32, NULL, &e);
+        r = key_intent_save(m, k, next);
         if (r < 0)
                 return r;
+        r = key_new_version(k, next, (unsigned) meta_u64(k, "length") ?: 32, NULL, &e);
+        if (r < 0) {
+                key_intent_clear(m);
+                return r;
+        }
         json_object_array_add(meta_versions(k), e);
         meta_set_u64(k, "current_version", next);
         meta_set_u64(k, "last_rotation", manager_now_usec(m));
@@ -897,8 +1000,10 @@ static int key_rotate_now(Manager *m, Call *c, Key *k, unsigned *ret_version) {
                 CK_OBJECT_HANDLE h;
                 if (!key_is_software(k) && vault_secret_find(k->vault, cmek_json_get_string(e, "label"), &h) >= 0)
                         (void) vault_object_destroy(k->vault, h);
+                key_intent_clear(m);
                 return r;
         }
+        key_intent_clear(m);
         char detail[64];
         snprintf(detail, sizeof(detail), "version=%u", next);
         key_audit_change(m, c, k, "key.rotated", key_get_state(k), detail);
@@ -943,9 +1048,7 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 return -EINVAL;
         }
         /* the volumes first when turning off: locking them must not wait for the token writes
-         * (the hook is idempotent; it runs again with the events below). Their events wait for
-         * the key's own, so that consumers see the key change first. */
-        manager_events_hold(m);
+         * (the hook is idempotent; it runs again with the events below) */
         if (new == KEY_STATE_DISABLED || new == KEY_STATE_PENDING_DELETION)
                 modules_key_state_changed(m, key_get_id(k), old, new);
         /* then the token: the key stops working before we say so */
@@ -953,10 +1056,8 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 (void) key_set_usage(k, false);
         meta_set_str(k, "state", key_state_to_string(new));
         r = key_store_meta(m, k);
-        if (r < 0) {
-                manager_events_release(m); /* the volumes are locked all the same: say so */
+        if (r < 0)
                 return r;
-        }
         if (new == KEY_STATE_ENABLED)
                 (void) key_set_usage(k, true);
         key_set_known_state(m, k);
@@ -965,7 +1066,6 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 snprintf(detail, sizeof(detail), "waiting_period_days=%u", days);
         key_audit_change(m, c, k, event, old, detail[0] ? detail : NULL);
         manager_key_state_changed(m, key_get_id(k), old, new);
-        manager_events_release(m);
         return 0;
 }
 
@@ -1253,6 +1353,7 @@ int keys_init(Manager *m) {
                 if (reason)
                         log_warning("Vault '%s' is unavailable, continuing without it: %s", vault_name(v), reason);
         }
+        key_intent_resolve(m);
         /* deletions whose date passed while we were not running happen now */
         (void) key_run_scheduled(m, manager_now_usec(m), NULL, NULL);
         if (m->event) {

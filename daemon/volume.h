@@ -74,6 +74,9 @@ struct VolumeRegistry {
          * save writes every volume's entry, which made re-wrapping N volumes O(N^2) */
         unsigned save_deferred;
         bool save_pending;
+        /* create/bind write a header before the registry knows the volume: the intent (op, uuid,
+         * path, keyslot) is saved first and resolved at start (volumes.json "intents") */
+        json_object *intents;
 };
 
 typedef enum RewrapResult {
@@ -120,6 +123,8 @@ int volume_deactivate(Manager *m, Volume *v);
 int volume_rewrap(Manager *m, Volume *v, const char *new_key_id, bool new_secret, RewrapResult *ret);
 /* Destroys the CMEK keyslot and token; refused (-ENOTEMPTY) when no other keyslot remains. */
 int volume_remove_slot(Manager *m, Volume *v);
+/* At start: finishes the creates/binds a crash interrupted between header and registry. */
+int volumes_resolve_intents(Manager *m);
 /* Registers a LUKS2 volume that carries a cmek token (registry rebuild). 0 added, 1 known. */
 int volume_adopt(Manager *m, const char *path, Volume **ret);
 

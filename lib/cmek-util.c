@@ -28,9 +28,20 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
         _cleanup_close_ int fd = -1, dfd = -1;
         int r;
 
-        if (asprintf(&tmp, "%s.tmp.%d", path, (int) getpid()) < 0)
+        /* one temporary name per target: what a crash left behind is removed by the next write
+         * (never followed or truncated in place: unlinked, then created exclusively) */
+        dircopy = strdup(path);
+        if (!dircopy)
                 return -ENOMEM;
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+        {
+                const char *slash = strrchr(path, '/');
+                if (asprintf(&tmp, "%.*s.%s.cmek-tmp", slash ? (int) (slash - path + 1) : 0, path,
+                             slash ? slash + 1 : path) < 0)
+                        return -ENOMEM;
+        }
+        if (unlink(tmp) < 0 && errno != ENOENT)
+                return -errno;
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
         if (fd < 0)
                 return -errno;
         r = write_all(fd, data, size);
@@ -45,9 +56,6 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
                 (void) unlink(tmp);
                 return r;
         }
-        dircopy = strdup(path);
-        if (!dircopy)
-                return -ENOMEM;
         dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0)
                 (void) fsync(dfd);

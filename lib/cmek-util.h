@@ -51,7 +51,8 @@ static inline bool memeq_consttime(const void *a, const void *b, size_t n) {
         return d == 0;
 }
 
-/* Write a file atomically: temp file in the same directory, fsync, rename, fsync the directory. */
+/* Write a file atomically: temp file ".NAME.cmek-tmp" in the same directory (a leftover of a crash is
+ * replaced by the next write), fsync, rename, fsync the directory. */
 int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode_t mode);
 /* Read a whole file (at most max bytes); NUL-terminated. */
 int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
