@@ -315,9 +315,6 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
         Volume *v;
         int r;
 
-        /* every request looks at the token too, not only the watch timer */
-        volumes_watch_now(m);
-
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
         if (name && (!*name || strchr(name, '/') || strlen(name) > 127))
@@ -327,6 +324,9 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
                 return 0;
         if (authorize_volume(m, c, v, "use", true) < 0)
                 return 0;
+        /* every permitted request looks at the token too, not only the watch timer (after the
+         * permission check: a refused client must not make us touch the token) */
+        volumes_watch_now(m);
         if (!test && !name && (v->lock == VOLUME_LOCK_SUSPENDED || v->lock == VOLUME_LOCK_CLOSING))
                 return restore_one(m, c, v);
         if (!test && !name) {
@@ -356,13 +356,13 @@ static int method_restore(Manager *m, Call *c, json_object *params) {
 
         if (!!dev == !!key)
                 return invalid(c, "give either \"device\" or \"key\"");
-        volumes_watch_now(m);
         if (dev) {
                 Volume *v = find_volume(m, c, dev);
                 if (!v)
                         return 0;
                 if (authorize_volume(m, c, v, "use", true) < 0)
                         return 0;
+                volumes_watch_now(m);
                 return restore_one(m, c, v);
         }
         r = authorize_key(m, c, key, "use", &k);
@@ -371,6 +371,15 @@ static int method_restore(Manager *m, Call *c, json_object *params) {
         if (manager_authorize(m, c, "use", "volumes", k.compartment, k.id, NULL) < 0) {
                 key_info_done(&k);
                 return 0;
+        }
+        /* the token's view, now that the caller may ask: a key turned off there is not restored */
+        volumes_watch_now(m);
+        {
+                KeyInfo now = {};
+                if (key_lookup(m, k.id, &now) >= 0) {
+                        k.state = now.state;
+                        key_info_done(&now);
+                }
         }
         if (k.state != KEY_STATE_ENABLED) {
                 r = k.state == KEY_STATE_DISABLED ? -EKEYREVOKED : k.state == KEY_STATE_PENDING_DELETION ? -EKEYEXPIRED : -ENOKEY;
@@ -649,13 +658,12 @@ static int method_list(Manager *m, Call *c, json_object *params) {
         VolumeRegistry *reg = m->volumes;
         json_object *a = json_object_new_array(), *p;
 
-        /* every request looks at the token too, not only the watch timer */
-        volumes_watch_now(m);
-
         if (manager_authorize(m, c, "inspect", "volumes", NULL, NULL, NULL) < 0) {
                 json_object_put(a);
                 return 0;
         }
+        /* every permitted request looks at the token too, not only the watch timer */
+        volumes_watch_now(m);
         for (size_t i = 0; i < reg->n; i++)
                 json_object_array_add(a, volume_to_json(m, reg->volumes[i], false));
         p = json_object_new_object();
@@ -667,9 +675,6 @@ static int method_show(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device");
         Volume *v;
 
-        /* every request looks at the token too, not only the watch timer */
-        volumes_watch_now(m);
-
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
         v = find_volume(m, c, dev);
@@ -677,6 +682,8 @@ static int method_show(Manager *m, Call *c, json_object *params) {
                 return 0;
         if (authorize_volume(m, c, v, "read", false) < 0)
                 return 0;
+        /* every permitted request looks at the token too, not only the watch timer */
+        volumes_watch_now(m);
         return reply_volume(m, c, v, true);
 }
 
