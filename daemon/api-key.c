@@ -229,6 +229,7 @@ static int method_show(Manager *m, Call *c, json_object *params) {
 static int apply(Manager *m, Call *c, json_object *params, KeyOp op) {
         _cleanup_(key_freep) Key *k = NULL;
         unsigned days = 30, version = 0;
+        uint64_t t0 = cmek_monotonic_usec(), t1;
         KeyState old;
         int r;
 
@@ -242,7 +243,14 @@ static int apply(Manager *m, Call *c, json_object *params, KeyOp op) {
                         return reply_invalid(c, "days", "the waiting period is 7 to 30 days");
         }
         old = key_get_state(k);
+        t1 = cmek_monotonic_usec();
         r = key_apply(m, c, k, op, days, &version);
+        if (r >= 0 && (op == KEY_OP_DISABLE || op == KEY_OP_SCHEDULE_DELETION))
+                /* key_apply() locks the volumes before anything else: request -> locked is the
+                 * first figure plus the locking pass (logged by the volume code) */
+                log_info("Key %s: %s request: key loaded and authorized in %llu ms, handled in %llu ms.",
+                         key_get_id(k), key_op_to_string(op), (unsigned long long) ((t1 - t0) / 1000),
+                         (unsigned long long) ((cmek_monotonic_usec() - t0) / 1000));
         if (r == -EBADR) {
                 char msg[256], allowed[128] = "";
                 json_object *e, *a = key_allowed_ops(old);
