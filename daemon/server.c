@@ -9,6 +9,7 @@
 #include <systemd/sd-journal.h>
 #include <openssl/evp.h>
 
+#include "cmek-audit.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -32,6 +33,7 @@ struct Connection {
         size_t out_len, out_alloc;
         Call *current;          /* the call being answered (streams keep it open) */
         sd_event_source *gc;
+        bool held;              /* replies wait for the audit log's group commit */
         bool close_after_flush;
         bool processing;
         bool dead;
@@ -62,7 +64,23 @@ static void connection_update_events(Connection *c) {
         (void) sd_event_source_set_io_events(c->io, ev);
 }
 
+/* Group commit of the audit log: a reply may only leave once the audit lines of what it
+ * answers are on disk. Replies queued while the log has unsynced lines are held. sd-event
+ * dispatches one source per iteration, so the sync runs from an idle-priority source: once
+ * every pending request has been handled, one fdatasync() covers them all. The post source
+ * bounds the wait under a continuous stream of requests. */
+#define GROUP_COMMIT_MAX_WAIT_USEC 2000ULL
+static sd_event_source *audit_post_source, *audit_idle_source;
+static uint64_t first_held_usec;
+
 static int connection_flush(Connection *c) {
+        if (c->out_len > 0 && cmek_audit_needs_sync(c->manager->audit)) {
+                if (!first_held_usec)
+                        first_held_usec = cmek_monotonic_usec();
+                c->held = true;
+                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_ONESHOT);
+                return 0;
+        }
         while (c->out_len > 0) {
                 ssize_t n = send(c->fd, c->out, c->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
                 if (n < 0) {
@@ -503,6 +521,12 @@ static int on_connection_io(sd_event_source *s, int fd, uint32_t revents, void *
                 r = connection_read(c);
                 if (r >= 0)
                         r = connection_process(c);
+                else if (r == -ECONNRESET && c->out_len > 0 && !c->dead) {
+                        /* the client shut down its sending side after its last request: the
+                         * replies still queued (e.g. waiting for the audit sync) go out first */
+                        c->close_after_flush = true;
+                        r = 0;
+                }
         } else if (r >= 0 && (revents & (EPOLLHUP | EPOLLERR)) && !(revents & EPOLLOUT))
                 r = -ECONNRESET;
         if (r < 0)
@@ -646,9 +670,56 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
         }
 }
 
+static int audit_commit(Manager *m) {
+        int r;
+
+        first_held_usec = 0;
+        r = cmek_audit_sync(m->audit);
+        if (r < 0)
+                log_error_errno(r, "Failed to sync the audit log: %m");
+        for (Connection *c = m->connections, *next; c; c = next) {
+                next = c->next;
+                if (!c->held || c->dead)
+                        continue;
+                c->held = false;
+                r = connection_flush(c);
+                if (r < 0 || (c->close_after_flush && c->out_len == 0))
+                        connection_kill(c);
+                else
+                        connection_update_events(c);
+        }
+        return 0;
+}
+
+static int on_audit_idle(sd_event_source *s, void *userdata) {
+        return audit_commit(userdata);
+}
+
+static int on_audit_post(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+        if (first_held_usec && cmek_monotonic_usec() - first_held_usec >= GROUP_COMMIT_MAX_WAIT_USEC)
+                return audit_commit(m);
+        /* lines appended with no reply waiting (the daemon acting by itself) */
+        if (!first_held_usec && cmek_audit_needs_sync(m->audit))
+                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_ONESHOT);
+        return 0;
+}
+
 int server_listen(Manager *m, int fd) {
         sd_event_source *s;
-        int r = fcntl(fd, F_GETFL);
+        int r;
+
+        if (!audit_post_source) {
+                r = sd_event_add_post(m->event, &audit_post_source, on_audit_post, m);
+                if (r < 0)
+                        return r;
+                r = sd_event_add_defer(m->event, &audit_idle_source, on_audit_idle, m);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_priority(audit_idle_source, SD_EVENT_PRIORITY_IDLE);
+                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_OFF);
+        }
+        r = fcntl(fd, F_GETFL);
         if (r >= 0)
                 (void) fcntl(fd, F_SETFL, r | O_NONBLOCK);
         r = sd_event_add_io(m->event, &s, fd, EPOLLIN, on_listen_io, m);
@@ -682,6 +753,8 @@ int server_bind(Manager *m, const char *path) {
 }
 
 void server_done(Manager *m) {
+        audit_post_source = sd_event_source_disable_unref(audit_post_source);
+        audit_idle_source = sd_event_source_disable_unref(audit_idle_source);
         while (m->connections) {
                 Connection *c = m->connections;
                 connection_kill(c);

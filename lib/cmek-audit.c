@@ -34,6 +34,7 @@ struct CmekAudit {
         off_t size;                       /* end of the last complete line */
         uint64_t recovered_bytes;
         bool broken;                      /* fdatasync() failed: the state of the file is unknown */
+        bool unsynced;                    /* group commit: appended, not yet fdatasync()ed */
 };
 
 enum subject { SUBJECT_NONE, SUBJECT_KEY, SUBJECT_VOLUME };
@@ -449,6 +450,21 @@ out:
         return r;
 }
 
+bool cmek_audit_needs_sync(const CmekAudit *a) {
+        return a && a->unsynced;
+}
+
+int cmek_audit_sync(CmekAudit *a) {
+        if (!a || !a->unsynced)
+                return 0;
+        a->unsynced = false;
+        if (fdatasync(a->fd) < 0) {
+                a->broken = true;
+                return -errno;
+        }
+        return 0;
+}
+
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) {
         _cleanup_free_ char *line = NULL;
         char hash[HASH_HEX_LEN + 1];
@@ -479,7 +495,9 @@ int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) 
                         a->broken = true;
                 return r;
         }
-        if (fdatasync(a->fd) < 0) {
+        if (a->flags & CMEK_AUDIT_GROUP_COMMIT)
+                a->unsynced = true;
+        else if (fdatasync(a->fd) < 0) {
                 /* After a failed fdatasync() the page cache may have dropped the error with the
                  * data: nothing written through this fd can be trusted to be on disk any more. */
                 a->broken = true;
@@ -649,6 +667,7 @@ int cmek_audit_open(const char *path, CmekAudit **ret) {
 CmekAudit *cmek_audit_close(CmekAudit *a) {
         if (!a)
                 return NULL;
+        (void) cmek_audit_sync(a);
         if (a->fd >= 0)
                 (void) close(a->fd);
         free(a);

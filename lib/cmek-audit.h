@@ -56,6 +56,10 @@ typedef struct CmekAuditEntry {
 
 enum {
         CMEK_AUDIT_NO_JOURNAL = 1 << 0,   /* do not send appends to journald (tests, tools) */
+        /* Group commit: appends only write(); the caller makes them durable with
+         * cmek_audit_sync() before it lets anything depend on them (the daemon holds every
+         * reply until the sync at the end of its event-loop iteration). */
+        CMEK_AUDIT_GROUP_COMMIT = 1 << 1,
 };
 
 /* Opens (creating if needed, mode 0600) and reads the last line to continue the chain;
@@ -63,6 +67,9 @@ enum {
  * last line (no newline, from a crash) is cut and an "audit.recovered" entry appended.
  * Takes an exclusive flock(): a second writer gets -EBUSY. */
 int cmek_audit_open(const char *path, CmekAudit **ret);
+/* With CMEK_AUDIT_GROUP_COMMIT: fdatasync() what was appended since the last sync. */
+int cmek_audit_sync(CmekAudit *a);
+bool cmek_audit_needs_sync(const CmekAudit *a);
 int cmek_audit_open_full(const char *path, unsigned flags, CmekAudit **ret);
 CmekAudit *cmek_audit_close(CmekAudit *a);
 static inline void cmek_audit_closep(CmekAudit **a) {
