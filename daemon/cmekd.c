@@ -18,6 +18,8 @@
 #define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
 #define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
 
+static bool state_dir_given = false;
+
 static void help(void) {
         printf("Usage: cmekd [OPTIONS]\n\n"
                "The customer-managed encryption key broker.\n\n"
@@ -64,6 +66,7 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 case ARG_STATE_DIR:
                         free(m->state_dir);
                         m->state_dir = strdup(optarg);
+                        state_dir_given = true;
                         break;
                 case ARG_SOCKET:
                         m->socket_path = strdup(optarg);
@@ -139,7 +142,8 @@ static int manager_open_audit(Manager *m) {
 
         if (asprintf(&path, "%s/audit.log", m->state_dir) < 0)
                 return -ENOMEM;
-        r = cmek_audit_open(path, &a);
+        /* replies wait for the audit sync at the end of each loop iteration (server.c) */
+        r = cmek_audit_open_full(path, CMEK_AUDIT_GROUP_COMMIT, &a);
         if (r < 0)
                 return log_error_errno(r, "Failed to open the audit log '%s': %m", path);
         m->audit = a;
@@ -167,6 +171,12 @@ static int run(int argc, char *argv[]) {
         if (r < 0) {
                 log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
                 goto out;
+        }
+        /* under systemd, StateDirectory= tells where the state lives (any prefix) */
+        if (!state_dir_given && getenv("STATE_DIRECTORY")) {
+                const char *sd = getenv("STATE_DIRECTORY");
+                free(m->state_dir);
+                m->state_dir = strndup(sd, strcspn(sd, ":"));
         }
         if (!m->policy_path && access(DEFAULT_POLICY, F_OK) >= 0)
                 m->policy_path = strdup(DEFAULT_POLICY);

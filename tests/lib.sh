@@ -78,7 +78,7 @@ cmekctl() { "$CMEKCTL_BIN" "$@"; }
 
 # cmekctl_raw JSON [SOCKET]: one raw Varlink call; prints the reply (NUL stripped)
 cmekctl_raw() {
-    printf '%s\0' "$1" | socat -t 5 - "UNIX-CONNECT:${2:-$SOCK}" | tr -d '\0'
+    printf '%s\0' "$1" | socat -t "${CMEK_RAW_TIMEOUT:-30}" - "UNIX-CONNECT:${2:-$SOCK}" | tr -d '\0'
 }
 
 # expect_fail CODE CMD...: the command must exit with CODE

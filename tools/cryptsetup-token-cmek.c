@@ -14,7 +14,10 @@
 #include "cmek-util.h"
 #include "cmek-varlink.h"
 
-#define CMEK_PLUGIN_TIMEOUT_MS 5000  /* per read/write: a hung broker must not hang the boot */
+/* per read/write. Not reachable (no socket, refused) fails at once; this bounds a broker that
+ * accepted but is slow: its first start (socket activation, token login) took 7-8 s under
+ * emulation, so allow 30 s before giving up and letting cryptsetup try the next token. */
+#define CMEK_PLUGIN_TIMEOUT_MS 30000
 
 #define _public_ __attribute__((visibility("default")))
 
