@@ -151,13 +151,12 @@ static void subscriber_closed(Call *c, void *userdata) {
                 }
 }
 
-void manager_event(Manager *m, const char *type, json_object *data) {
-        json_object *ev = json_object_new_object();
+/* While held (a key state change in progress), events wait in order and go out on release:
+ * the volumes are locked first, yet consumers see "key.disabled" before its "volume.locked". */
+static unsigned events_held;
+static json_object *held_events;
 
-        json_object_object_add(ev, "type", json_object_new_string(type));
-        json_object_object_add(ev, "time_usec", json_object_new_int64((int64_t) cmek_now_usec()));
-        json_object_object_add(ev, "data", data ? data : json_object_new_object());
-        log_debug("Event %s", type);
+static void event_dispatch(Manager *m, json_object *ev) {
         for (Subscriber *s = subscribers, *next; s; s = next) {
                 next = s->next;
                 if (call_is_open(s->call)) {
@@ -167,11 +166,74 @@ void manager_event(Manager *m, const char *type, json_object *data) {
                 }
         }
         events_run_hooks(m, ev);
+}
+
+static json_object *event_new(const char *type, json_object *data) {
+        json_object *ev = json_object_new_object();
+
+        json_object_object_add(ev, "type", json_object_new_string(type));
+        json_object_object_add(ev, "time_usec", json_object_new_int64((int64_t) cmek_now_usec()));
+        json_object_object_add(ev, "data", data ? data : json_object_new_object());
+        log_debug("Event %s", type);
+        return ev;
+}
+
+void manager_events_hold(Manager *m) {
+        events_held++;
+}
+
+/* first: an event that goes out before everything held (the key event of the change) */
+static void events_release_with(Manager *m, json_object *first) {
+        json_object *q;
+
+        if (events_held == 0 || --events_held > 0) {
+                if (first) {
+                        /* nested in a hold around the same change (key_apply() locks before
+                         * its token writes): the key's event still goes first */
+                        json_object *a = json_object_new_array();
+                        json_object_array_add(a, first);
+                        for (size_t i = 0; held_events && i < json_object_array_length(held_events); i++)
+                                json_object_array_add(a, json_object_get(json_object_array_get_idx(held_events, i)));
+                        json_object_put(held_events);
+                        held_events = a;
+                }
+                if (events_held > 0)
+                        return;
+                first = NULL;
+        }
+        q = TAKE_PTR(held_events);
+        if (first) {
+                event_dispatch(m, first);
+                json_object_put(first);
+        }
+        for (size_t i = 0; q && i < json_object_array_length(q); i++)
+                event_dispatch(m, json_object_array_get_idx(q, i));
+        json_object_put(q);
+        metrics_update(m);
+}
+
+void manager_events_release(Manager *m) {
+        events_release_with(m, NULL);
+}
+
+void manager_event(Manager *m, const char *type, json_object *data) {
+        json_object *ev = event_new(type, data);
+
+        if (events_held > 0) {
+                if (!held_events)
+                        held_events = json_object_new_array();
+                json_object_array_add(held_events, ev);
+                return;
+        }
+        event_dispatch(m, ev);
         json_object_put(ev);
         metrics_update(m);
 }
 
 void events_done(Manager *m) {
+        json_object_put(TAKE_PTR(held_events));
+        events_held = 0;
+        events_hooks_done();
         while (subscribers) {
                 Subscriber *s = subscribers;
                 subscribers = s->next;
@@ -209,18 +271,21 @@ void manager_key_state_changed(Manager *m, const char *key_id, KeyState old_stat
                 [KEY_STATE_PENDING_DELETION] = "key.pending-deletion",
                 [KEY_STATE_DELETED] = "key.deleted",
         };
-        json_object *d = json_object_new_object();
+        json_object *d = json_object_new_object(), *ev = NULL;
 
         json_object_object_add(d, "key_id", json_object_new_string(key_id));
         json_object_object_add(d, "old_state", json_object_new_string(key_state_to_string(old_state)));
         json_object_object_add(d, "state", json_object_new_string(key_state_to_string(new_state)));
-        /* tell the volume module first: locking must not wait for event consumers */
-        modules_key_state_changed(m, key_id, old_state, new_state);
         if (new_state >= 0 && new_state < _KEY_STATE_MAX)
-                manager_event(m, old_state == KEY_STATE_DISABLED && new_state == KEY_STATE_ENABLED
-                                 ? "key.re-enabled" : names[new_state], d);
+                ev = event_new(old_state == KEY_STATE_DISABLED && new_state == KEY_STATE_ENABLED
+                               ? "key.re-enabled" : names[new_state], d);
         else
                 json_object_put(d);
+        /* tell the volume module first: locking must not wait for event consumers; its events
+         * (volume.locked, volume.unrecoverable) follow the key's own */
+        manager_events_hold(m);
+        modules_key_state_changed(m, key_id, old_state, new_state);
+        events_release_with(m, ev);
 }
 
 void manager_key_rotated(Manager *m, const char *key_id, unsigned new_version) {

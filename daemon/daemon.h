@@ -19,6 +19,7 @@ int manager_load_policy(Manager *m, bool reload);
 void events_done(Manager *m);
 /* Runs the executables in the hooks directory for one event (never blocks the caller). */
 void events_run_hooks(Manager *m, json_object *event);
+void events_hooks_done(void);
 
 /* daemon/metrics.c */
 int metrics_init(Manager *m);

@@ -12,6 +12,14 @@
 
 #define HOOK_TIMEOUT_USEC (10ULL * 1000000ULL)
 #define HOOKS_MAX_RUNNING 32U
+#define HOOKS_MAX_QUEUED 4096U
+
+/* A run waiting for a free slot: a burst of events (one volume.locked per volume) must reach
+ * every hook, in order, without forking hundreds of processes at once. */
+typedef struct HookRun {
+        char *path, *json;
+        struct HookRun *next;
+} HookRun;
 
 typedef struct Hook {
         Manager *manager;
@@ -20,14 +28,53 @@ typedef struct Hook {
         sd_event_source *child, *timeout;
 } Hook;
 
-static unsigned n_running;
+static unsigned n_running, n_queued;
+static HookRun *queue_head, *queue_tail;
+
+static void run_one(Manager *m, const char *path, const char *json);
 
 static void hook_free(Hook *h) {
+        Manager *m = h->manager;
+
         sd_event_source_disable_unref(h->child);
         sd_event_source_disable_unref(h->timeout);
         free(h->path);
         free(h);
         n_running--;
+        /* a slot is free: start the oldest waiting run */
+        while (queue_head && n_running < HOOKS_MAX_RUNNING) {
+                HookRun *q = queue_head;
+                queue_head = q->next;
+                if (!queue_head)
+                        queue_tail = NULL;
+                n_queued--;
+                run_one(m, q->path, q->json);
+                free(q->path);
+                free(q->json);
+                free(q);
+        }
+}
+
+static void queue_run(const char *path, const char *json) {
+        HookRun *q;
+
+        if (n_queued >= HOOKS_MAX_QUEUED) {
+                log_warning("%u hook runs waiting already, not running %s for this event.", n_queued, path);
+                return;
+        }
+        q = calloc(1, sizeof(*q));
+        if (!q || !(q->path = strdup(path)) || !(q->json = strdup(json))) {
+                if (q)
+                        free(q->path);
+                free(q);
+                return;
+        }
+        if (queue_tail)
+                queue_tail->next = q;
+        else
+                queue_head = q;
+        queue_tail = q;
+        n_queued++;
 }
 
 static int on_hook_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
@@ -55,8 +102,9 @@ static void run_one(Manager *m, const char *path, const char *json) {
         Hook *h;
         pid_t pid;
 
-        if (n_running >= HOOKS_MAX_RUNNING) {
-                log_warning("%u hooks still running, not starting %s for this event.", n_running, path);
+        if (n_running >= HOOKS_MAX_RUNNING || queue_head) {
+                log_debug("%u hooks running: %s waits for a free slot.", n_running, path);
+                queue_run(path, json);
                 return;
         }
         if (pipe2(pipefd, O_CLOEXEC) < 0)
@@ -126,4 +174,17 @@ void events_run_hooks(Manager *m, json_object *event) {
                 free(names[i]);
         }
         free(names);
+}
+
+/* At exit: drop the runs that never got a slot. */
+void events_hooks_done(void) {
+        while (queue_head) {
+                HookRun *q = queue_head;
+                queue_head = q->next;
+                free(q->path);
+                free(q->json);
+                free(q);
+        }
+        queue_tail = NULL;
+        n_queued = 0;
 }

@@ -1048,7 +1048,9 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 return -EINVAL;
         }
         /* the volumes first when turning off: locking them must not wait for the token writes
-         * (the hook is idempotent; it runs again with the events below) */
+         * (the hook is idempotent; it runs again with the events below). Their events wait for
+         * the key's own, so that consumers see the key change first. */
+        manager_events_hold(m);
         if (new == KEY_STATE_DISABLED || new == KEY_STATE_PENDING_DELETION)
                 modules_key_state_changed(m, key_get_id(k), old, new);
         /* then the token: the key stops working before we say so */
@@ -1056,8 +1058,10 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 (void) key_set_usage(k, false);
         meta_set_str(k, "state", key_state_to_string(new));
         r = key_store_meta(m, k);
-        if (r < 0)
+        if (r < 0) {
+                manager_events_release(m); /* the volumes are locked all the same: say so */
                 return r;
+        }
         if (new == KEY_STATE_ENABLED)
                 (void) key_set_usage(k, true);
         key_set_known_state(m, k);
@@ -1066,6 +1070,7 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
                 snprintf(detail, sizeof(detail), "waiting_period_days=%u", days);
         key_audit_change(m, c, k, event, old, detail[0] ? detail : NULL);
         manager_key_state_changed(m, key_get_id(k), old, new);
+        manager_events_release(m);
         return 0;
 }
 

@@ -68,5 +68,8 @@ void manager_key_rotated(Manager *m, const char *key_id, unsigned new_version);
 
 /* Events (io.cmek.Events.Subscribe, hooks, journal). Takes ownership of data. */
 void manager_event(Manager *m, const char *type, json_object *data);
+/* Holds events (nested) until the matching release, which sends them in order. */
+void manager_events_hold(Manager *m);
+void manager_events_release(Manager *m);
 /* The clock for waiting periods; CMEKD_TEST_NOW (seconds since the epoch) moves it in tests. */
 uint64_t manager_now_usec(Manager *m);

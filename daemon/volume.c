@@ -265,6 +265,8 @@ int volume_registry_save(Manager *m) {
         for (size_t i = 0; i < reg->n; i++)
                 json_object_array_add(a, volume_to_registry_json(reg->volumes[i]));
         json_object_object_add(o, "volumes", a);
+        if (reg->intents && json_object_array_length(reg->intents) > 0)
+                json_object_object_add(o, "intents", json_object_get(reg->intents));
         s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
         r = cmek_write_file_atomic(reg->path, s, strlen(s), 0600);
         json_object_put(o);
@@ -292,6 +294,10 @@ static int registry_load(Manager *m) {
                             "run 'cmekctl volume scan' to rebuild it.", reg->path);
                 return 0;
         }
+        if (json_object_object_get_ex(o, "intents", &reg->intents) && json_object_is_type(reg->intents, json_type_array))
+                json_object_get(reg->intents);
+        else
+                reg->intents = NULL;
         for (size_t i = 0; i < json_object_array_length(a); i++) {
                 json_object *e = json_object_array_get_idx(a, i);
                 const char *uuid = cmek_json_get_string(e, "uuid");
@@ -338,6 +344,67 @@ static int registry_load(Manager *m) {
         }
         json_object_put(o);
         return 0;
+}
+
+/* ---- intents ----
+ * volume create and bind write a LUKS2 header before the registry knows the volume. So they
+ * first save an intent {op, uuid, path, keyslot, recovery} in volumes.json (create chooses the
+ * LUKS2 UUID itself for that), and drop it in the registry save that registers the volume. A
+ * crash in between leaves the intent; volumes_resolve_intents() (at start) finishes it from the
+ * header: see there and docs/RELIABILITY.md. */
+
+static json_object *intent_find(Manager *m, const char *op, const char *uuid, const char *path) {
+        json_object *a = m->volumes->intents;
+
+        for (size_t i = 0; a && i < json_object_array_length(a); i++) {
+                json_object *e = json_object_array_get_idx(a, i);
+                if (streq_ptr(cmek_json_get_string(e, "op"), op) && streq_ptr(cmek_json_get_string(e, "uuid"), uuid) &&
+                    (!path || streq_ptr(cmek_json_get_string(e, "path"), path)))
+                        return e;
+        }
+        return NULL;
+}
+
+/* Drops the intent(s) for uuid (or path) from memory; the caller's next registry save writes it. */
+static void intent_drop_full(Manager *m, const char *uuid, const char *path) {
+        json_object *a = m->volumes->intents;
+
+        for (size_t i = 0; a && i < json_object_array_length(a);)
+                if (streq_ptr(cmek_json_get_string(json_object_array_get_idx(a, i), "uuid"), uuid) ||
+                    (path && streq_ptr(cmek_json_get_string(json_object_array_get_idx(a, i), "path"), path)))
+                        json_object_array_del_idx(a, i, 1);
+                else
+                        i++;
+}
+
+static void intent_drop(Manager *m, const char *uuid) {
+        intent_drop_full(m, uuid, NULL);
+}
+
+/* Records and saves an intent: returns only once it is on disk. */
+static int intent_save(Manager *m, const char *op, const char *uuid, const char *path, int keyslot, bool recovery) {
+        VolumeRegistry *reg = m->volumes;
+        json_object *e;
+        unsigned d;
+        int r;
+
+        if (!reg->intents && !(reg->intents = json_object_new_array()))
+                return -ENOMEM;
+        intent_drop_full(m, uuid, path);   /* and the one of an earlier attempt at the same path */
+        e = json_object_new_object();
+        if (!e)
+                return -ENOMEM;
+        json_object_object_add(e, "op", json_object_new_string(op));
+        json_object_object_add(e, "uuid", json_object_new_string(uuid));
+        json_object_object_add(e, "path", json_object_new_string(path));
+        json_object_object_add(e, "keyslot", json_object_new_int(keyslot));
+        json_object_object_add(e, "recovery", json_object_new_boolean(recovery));
+        json_object_array_add(reg->intents, e);
+        d = reg->save_deferred;
+        reg->save_deferred = 0;   /* an intent must reach the disk now, even inside a batch */
+        r = volume_registry_save(m);
+        reg->save_deferred = d;
+        return r;
 }
 
 /* ---- LUKS2 header access ---- */
@@ -679,6 +746,9 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
         Volume *v = NULL;
         bool created = false;
         int slot = -1, tok = -1, r;
+        uint8_t u[16];
+        char uuid[37] = "";
+        _cleanup_free_ char *real = NULL;
 
         r = lookup_key(m, key_id, &key);
         if (r < 0)
@@ -697,20 +767,40 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
                 }
                 created = true;
         } else {
-                /* never format over a LUKS volume (any version), nor over data unless forced */
+                /* never format over a LUKS volume (any version), nor over data unless forced;
+                 * except the header of a create of this path that was interrupted (its intent
+                 * is still there): it was never handed out, the re-run formats it anew */
                 r = crypt_init(&cd, path);
                 if (r < 0)
                         goto out;
                 r = crypt_load(cd, CRYPT_LUKS, NULL);
-                crypt_free(TAKE_PTR(cd));
-                if (r >= 0) {
+                if (r >= 0 && (!(real = realpath(path, NULL)) ||
+                               !intent_find(m, "create", crypt_get_uuid(cd), real)))
                         r = -EEXIST;
-                        goto out;
-                }
-                r = zero_or_force(path, force);
+                else if (r >= 0)
+                        log_info("%s: re-formatting the header of an interrupted volume create.", path);
+                else
+                        r = zero_or_force(path, force);
+                crypt_free(TAKE_PTR(cd));
                 if (r < 0)
                         goto out;
         }
+        if (!real && !(real = realpath(path, NULL))) {
+                r = -errno;
+                goto out;
+        }
+        /* choose the UUID, so that the intent names the header before it exists */
+        if (RAND_bytes(u, sizeof(u)) != 1) {
+                r = -EIO;
+                goto out;
+        }
+        u[6] = (u[6] & 0x0f) | 0x40;
+        u[8] = (u[8] & 0x3f) | 0x80;
+        snprintf(uuid, sizeof(uuid), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+        r = intent_save(m, "create", uuid, real, -1, recovery != NULL);
+        if (r < 0)
+                goto out;
 
         r = crypt_init(&cd, path);
         if (r < 0)
@@ -721,7 +811,7 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
         if (r >= 0)
                 r = crypt_set_metadata_size(cd, CMEK_METADATA_SIZE, CMEK_KEYSLOTS_SIZE);
         if (r >= 0)
-                r = crypt_format(cd, CRYPT_LUKS2, "aes", "xts-plain64", NULL, NULL, 64, &params);
+                r = crypt_format(cd, CRYPT_LUKS2, "aes", "xts-plain64", uuid, NULL, 64, &params);
         if (r < 0)
                 goto out;
         cmek_fault("create-after-format");
@@ -747,6 +837,7 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
                 volume_free(v);
                 goto out;
         }
+        intent_drop(m, uuid);
         r = volume_registry_save(m);
         if (r < 0)
                 goto out;
@@ -756,6 +847,11 @@ out:
         if (r < 0 && created) {
                 crypt_free(TAKE_PTR(cd));
                 (void) unlink(path);
+                /* no header left: the intent goes too (if this save fails, the start drops it) */
+                if (intent_find(m, "create", uuid, NULL)) {
+                        intent_drop(m, uuid);
+                        (void) volume_registry_save(m);
+                }
         }
         cmek_token_done(&t);
         key_info_done(&key);
@@ -804,9 +900,23 @@ int volume_bind(Manager *m, const char *path, const char *key_id,
         r = lookup_key(m, key_id, &key);
         if (r < 0)
                 return r;
-        r = bind_new_keyslot(m, cd, &key, unlock, unlock_size, &slot, &tok, &t);
+        /* the keyslot bind_new_keyslot() takes (CRYPT_ANY_SLOT: the first free one) */
+        slot = first_free_keyslot(cd);
+        if (slot >= 0) {
+                char *real = realpath(path, NULL);
+                r = intent_save(m, "bind", crypt_get_uuid(cd), real ?: path, slot, false);
+                free(real);
+        } else
+                r = slot;
         if (r < 0)
                 goto out;
+        r = bind_new_keyslot(m, cd, &key, unlock, unlock_size, &slot, &tok, &t);
+        if (r < 0) {
+                intent_drop(m, crypt_get_uuid(cd));
+                (void) volume_registry_save(m);
+                goto out;
+        }
+        intent_drop(m, crypt_get_uuid(cd));
         v = volume_find(m, crypt_get_uuid(cd));
         if (!v) {
                 r = volume_new(cd, path, &v);
@@ -1035,6 +1145,9 @@ int volume_remove_slot(Manager *m, Volume *v) {
         if (r < 0)
                 return r;
         r = find_bound_token(cd, &tok, &t);
+        if (r == -ENOENT)
+                /* an unbind --remove-slot killed after its header commits: only the registry is left */
+                return volume_registry_remove(m, v);
         if (r < 0)
                 return r;
         if (count_active_keyslots(cd, t.keyslot) == 0) {
@@ -1096,6 +1209,75 @@ int volume_adopt(Manager *m, const char *path, Volume **ret) {
 out:
         cmek_token_done(&t);
         return r;
+}
+
+/* Finishes what a crash between a header write and the registry save left (see "intents"):
+ * - the header at the path does not carry the intent's UUID: the operation never wrote it; dropped.
+ * - it has a cmek token opening its keyslot (and, for a create with a recovery passphrase, that
+ *   keyslot too): the operation is complete in the header; the volume is registered (adopted).
+ * - a create without it: kept; the volume has no cmek way in and was never handed out, and the
+ *   re-run of 'volume create' on the path formats it anew.
+ * - a bind without it: the keyslot the bind added (whose DEK died with the daemon) is destroyed
+ *   when no token names it; the volume is as before the bind, its old passphrase opens it. */
+int volumes_resolve_intents(Manager *m) {
+        VolumeRegistry *reg = m->volumes;
+        bool changed = false;
+        int r;
+
+        for (size_t i = 0; reg->intents && i < json_object_array_length(reg->intents);) {
+                json_object *e = json_object_array_get_idx(reg->intents, i);
+                const char *op = cmek_json_get_string(e, "op"), *uuid = cmek_json_get_string(e, "uuid");
+                const char *path = cmek_json_get_string(e, "path");
+                _cleanup_crypt_ struct crypt_device *cd = NULL;
+                CmekToken t = CMEK_TOKEN_NULL;
+                int64_t slot = -1;
+                int tok;
+
+                (void) cmek_json_get_int64(e, "keyslot", &slot);
+                if (!op || !uuid || !path || luks2_open(path, &cd) < 0 || !streq_ptr(crypt_get_uuid(cd), uuid)) {
+                        log_info("%s: an interrupted volume %s never reached the header, forgotten.", path ?: "?", op ?: "?");
+                        json_object_array_del_idx(reg->intents, i, 1);
+                        changed = true;
+                        continue;
+                }
+                (void) volume_header_repair(cd);
+                if (find_bound_token(cd, &tok, &t) >= 0 &&
+                    (!streq(op, "create") || !cmek_json_get_bool(e, "recovery", false) ||
+                     count_active_keyslots(cd, t.keyslot) > 0)) {
+                        cmek_token_done(&t);
+                        crypt_free(TAKE_PTR(cd));
+                        r = volume_adopt(m, path, NULL);
+                        if (r < 0)
+                                log_warning_errno(r, "%s: failed to register the volume of an interrupted %s: %m", path, op);
+                        else
+                                log_info("%s: registered the volume of an interrupted volume %s (its header was complete).", path, op);
+                } else if (streq(op, "create")) {
+                        cmek_token_done(&t);
+                        log_warning("%s: a volume create was interrupted before the volume had its cmek token; "
+                                    "'cmekctl volume create' of this path formats it anew.", path);
+                        i++;
+                        continue;
+                } else if (streq(op, "bind") && slot >= 0 && keyslot_active(cd, (int) slot)) {
+                        HeaderTokens h = {};
+                        bool named = false;
+
+                        (void) read_cmek_tokens(cd, &h);
+                        for (size_t j = 0; j < h.n; j++)
+                                named = named || h.t[j].keyslot == slot || h.t[j].pending_keyslot == slot;
+                        header_tokens_done(&h);
+                        if (!named) {
+                                r = crypt_keyslot_destroy(cd, (int) slot);
+                                cmek_fault("intent-after-keyslot-destroy");
+                                if (r < 0)
+                                        log_warning_errno(r, "%s: failed to remove keyslot %d of an interrupted bind: %m", path, (int) slot);
+                                else
+                                        log_info("%s: removed keyslot %d of an interrupted bind.", path, (int) slot);
+                        }
+                }
+                json_object_array_del_idx(reg->intents, i, 1);
+                changed = true;
+        }
+        return changed ? volume_registry_save(m) : 0;
 }
 
 /* ---- key hooks ---- */
@@ -1829,6 +2011,7 @@ int volumes_init(Manager *m) {
         r = registry_load(m);
         if (r < 0)
                 return r;
+        (void) volumes_resolve_intents(m);
         log_info("Enforcement: on-disable=%s, watching the keys of bound volumes every %.1f s.",
                  on_disable_to_string(reg->on_disable), reg->watch_usec / 1e6);
         /* a key disabled while we were not running: its mappings are locked now */
@@ -1851,6 +2034,7 @@ void volumes_done(Manager *m) {
                 volume_free(reg->volumes[i]);
         free(reg->volumes);
         free(reg->path);
+        json_object_put(reg->intents);
         free(reg);
         m->volumes = NULL;
 }
