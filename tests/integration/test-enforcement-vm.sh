@@ -6,6 +6,7 @@
 # the data written before and after is intact. The same with on-disable=close (idle: gone; busy:
 # deferred), a token-side disable through the watch, deletion, and every event reaching a
 # Varlink subscriber, 'cmekctl events --follow --json' and a hook while a hook hangs and one fails.
+# Then the latency with CMEK_ENF_SCALE (default 10) mappings on one key.
 # Runs directly where device-mapper works, else boots itself in tests/vm/vm-run.
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
 dm_works() { dmsetup targets >/dev/null 2>&1; }
@@ -13,7 +14,9 @@ if [ -z "${VM_GUEST:-}" ] && [ -z "${CMEK_IN_VM:-}" ] && ! dm_works; then
     [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
     command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: no device-mapper and no qemu"; exit 77; }
     export CMEK_IN_VM=1 top_builddir top_srcdir
-    exec "$top_srcdir/tests/vm/vm-run" --timeout 400 --env top_builddir --env top_srcdir --env CMEK_IN_VM "$(readlink -f "$0")"
+    exec "$top_srcdir/tests/vm/vm-run" --timeout 500 --env top_builddir --env top_srcdir --env CMEK_IN_VM \
+        --env CMEK_ENF_SCALE --env CMEK_BUILD_FLAVOR --env ASAN_OPTIONS --env UBSAN_OPTIONS --env LSAN_OPTIONS \
+        "$(readlink -f "$0")"
 fi
 . "$top_srcdir/tests/lib.sh"
 need_root
@@ -25,11 +28,21 @@ SETUSAGE=$top_builddir/tests/integration/p11-set-usage
 [ -x "$SETUSAGE" ] || skip "needs $SETUSAGE (make check builds it)"
 
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
+daemon_figures() { # KEY_ID: load_ms, pass_ms, req_ms of its latest disable from the daemon's log
+    local l
+    l=$(grep "Key $1: disable request: key loaded" "$TEST_TMP/cmekd.log" | tail -1)
+    load_ms=$(sed -n 's/.*authorized in \([0-9]*\) ms.*/\1/p' <<<"$l")
+    req_ms=$(sed -n 's/.*handled in \([0-9]*\) ms.*/\1/p' <<<"$l")
+    pass_ms=$(grep "Key $1 is DISABLED: .* mapping(s) locked" "$TEST_TMP/cmekd.log" | tail -1 | sed -n 's/.* in \([0-9]*\) ms.*/\1/p')
+    [ -n "$load_ms" ] && [ -n "$req_ms" ] && [ -n "$pass_ms" ] || fail "no disable figures for $1 in the daemon's log"
+}
 HOOKS=$TEST_TMP/hooks
 mkdir -p "$HOOKS"
+mkdir -p "$TEST_TMP/hook-events"
+# one file per run: hooks run concurrently, appends to one file would interleave
 cat >"$HOOKS/10-record" <<EOH
 #!/bin/sh
-{ cat; echo; } >>"$TEST_TMP/hook-events.jsonl"
+f=\$(mktemp "$TEST_TMP/hook-events/ev.XXXXXXXX") && cat >"\$f"
 EOH
 # hangs exactly when locking happens
 cat >"$HOOKS/20-hang" <<'EOH'
@@ -141,6 +154,7 @@ wait $DISPID || fail "cmekctl key disable failed"
 t_reply=$(ms)
 [ -n "$locked_at" ] || fail "the A mappings were not all suspended"
 LAT=$((locked_at - t0))
+sleep 0.5 # the events go out after the token writes
 # the daemon's own view: the volume.locked events are sent right after its locking pass
 ev_ms=$(python3 -c 'import json,sys
 t=[json.loads(l)["time_usec"] for l in open(sys.argv[1]) if l.strip() not in ("","null") and json.loads(l)["type"]=="volume.locked"]
@@ -148,10 +162,11 @@ print(max(t)//1000)' "$TEST_TMP/sub-events.jsonl")
 log "LATENCY suspend (daemon): key disable -> volume.locked events: $((ev_ms - t0)) ms"
 log "LATENCY suspend: key disable -> 3 mappings suspended: $LAT ms (cmekctl returned after $((t_reply - t0)) ms; a hook hangs on key.disabled)"
 pass_ms=$(grep -o "mapping(s) locked (suspend) in [0-9]* ms" "$TEST_TMP/cmekd.log" | tail -1 | grep -o "[0-9]* ms" | cut -d' ' -f1)
-log "LATENCY suspend (daemon locking pass, 3 mappings): $pass_ms ms"
-# the one-second budget is the daemon's: under TCG, starting cmekctl and this polling loop
-# (a dmsetup per round) cost more than the locking itself, so they get a margin
-[ "$pass_ms" -lt 1000 ] || fail "the locking pass took $pass_ms ms (more than a second)"
+daemon_figures "$A"
+log "LATENCY suspend (daemon, 3 mappings): request received -> locked $((load_ms + pass_ms)) ms (key load $load_ms + locking pass $pass_ms); whole request $req_ms ms"
+# the one-second budget is the daemon's: under TCG on a loaded machine, starting cmekctl and this
+# polling loop (a dmsetup per round) cost more than the locking itself, so they get a margin
+[ $((load_ms + pass_ms)) -lt 1000 ] || fail "request -> locked took $((load_ms + pass_ms)) ms in the daemon (more than a second)"
 [ $((ev_ms - t0)) -lt 3000 ] || fail "key disable -> locked took $((ev_ms - t0)) ms"
 for v in $VOLS_A; do
     kf=$(key_field "$N-$v")
@@ -219,8 +234,8 @@ is_suspended "$N-c2" || fail "c2 (busy) is not suspended: its key would stay in 
 case "$(key_field "$N-c2")" in *[1-9a-f]*|:*) fail "c2: key material still in the table" ;; esac
 show=$(cmekctl volume show "$I/c2.img" --json)
 [ "$(json_get "$show" volume.lock)" = closing ] || fail "c2 not reported closing: $show"
-# KNOWN GAP: in_use_by came back empty in the VM (mapping_users() in daemon/volume.c); reported, not fatal yet
-case "$(json_get "$show" volume.in_use_by)" in *sleep*) ;; *) log "WARNING: c2 in_use_by does not name the holder: $(json_get "$show" volume.in_use_by)" ;; esac
+case "$(json_get "$show" volume.in_use_by)" in *"pid $HOLDER (sleep)"*) ;; *) fail "c2 in_use_by does not name the holder (pid $HOLDER): $(json_get "$show" volume.in_use_by)" ;; esac
+assert_contains "$(json_get "$show" volume.unavailable_reason)" "in use by: open count 1; pid $HOLDER (sleep)"
 log "c2: $(json_get "$show" volume.unavailable_reason) / in use by: $(json_get "$show" volume.in_use_by)"
 kill $HOLDER; wait $HOLDER 2>/dev/null || true
 for ((i = 0; i < 50; i++)); do dmsetup info "$N-c2" >/dev/null 2>&1 || break; sleep 0.1; done
@@ -254,8 +269,45 @@ for v in $VOLS_C; do
 done
 rm -f "$STATE/test-clock"
 
+log "--- latency with ${CMEK_ENF_SCALE:=10} mappings on one key (on-disable=suspend)"
+cmekctl key create s --compartment prod >/dev/null
+S=$(key_id prod/s)
+t_c=$(ms)
+for ((j = 1; j <= CMEK_ENF_SCALE; j++)); do
+    cmekctl volume create "$I/s$j.img" --key "$S" --size 16M --strict --name "$N-s$j" >/dev/null
+    on_exit "dmsetup remove --force $N-s$j 2>/dev/null"
+done
+log "$CMEK_ENF_SCALE volumes created and opened in $(( $(ms) - t_c )) ms"
+SNAMES=(); for ((j = 1; j <= CMEK_ENF_SCALE; j++)); do SNAMES+=("$N-s$j"); done
+t0=$(ms)
+cmekctl key disable "$S" >/dev/null
+t1=$(ms)
+all_suspended "${SNAMES[@]}" || fail "not all $CMEK_ENF_SCALE mappings are suspended when 'key disable' returns"
+grep -q "Key $S is DISABLED: $CMEK_ENF_SCALE mapping(s) locked (suspend)" "$TEST_TMP/cmekd.log" || fail "no locking pass of $CMEK_ENF_SCALE mappings in the log"
+daemon_figures "$S"
+log "LATENCY suspend, $CMEK_ENF_SCALE mappings: daemon request -> locked $((load_ms + pass_ms)) ms (key load $load_ms + locking pass $pass_ms), whole request $req_ms ms; cmekctl key disable returned after $((t1 - t0)) ms (all suspended by then)"
+[ $((load_ms + pass_ms)) -lt 1000 ] || fail "request -> locked for $CMEK_ENF_SCALE mappings took $((load_ms + pass_ms)) ms in the daemon"
+for n in "${SNAMES[@]}"; do
+    case "$(key_field "$n")" in *[1-9a-f]*|:*) fail "$n: key material still in the table" ;; esac
+done
+cmekctl key enable "$S" >/dev/null
+t0=$(ms)
+cmekctl volume restore --key "$S" >"$TEST_TMP/out" || { cat "$TEST_TMP/out"; fail "restore of the $CMEK_ENF_SCALE failed"; }
+assert_contains "$(cat "$TEST_TMP/out")" "$CMEK_ENF_SCALE restored, 0 failed"
+log "restore of $CMEK_ENF_SCALE mappings (an unwrap each): $(( $(ms) - t0 )) ms"
+for n in "${SNAMES[@]}"; do is_suspended "$n" && fail "$n still suspended after restore"; done
+
 log "--- every event reached the subscriber, cmekctl events --follow and the hook"
-sleep 1
+# the hooks run in the background (one slot each, a hung one killed after 10 s): wait until the
+# hook has seen as many events as the subscriber
+n_sub=0
+for ((i = 0; i < 300; i++)); do
+    n_sub=$(grep -vcx null "$TEST_TMP/sub-events.jsonl" || true)
+    n_hook=$(find "$TEST_TMP/hook-events" -type f -size +0 | wc -l)
+    [ "$n_hook" -ge "$n_sub" ] && break
+    sleep 0.1
+done
+find "$TEST_TMP/hook-events" -type f -size +0 -exec sh -c 'for f; do cat "$f"; echo; done' sh {} + >"$TEST_TMP/hook-events.jsonl"
 EVENTS="key.disabled key.re-enabled key.pending-deletion key.deleted key.rotated volume.key-assigned
         volume.key-changed volume.key-removed rewrap.started rewrap.completed volume.locked volume.restored
         volume.unrecoverable"
@@ -264,6 +316,46 @@ for sink in sub-events ctl-events hook-events; do
         grep -q "\"type\": *\"$e\"" "$TEST_TMP/$sink.jsonl" || fail "$e did not reach $sink"
     done
 done
+# every single event, not only every type: the same (type, time, volume) everywhere; and a key's
+# change before the volume events it causes
+python3 - "$TEST_TMP" <<'EOP' || fail "the three sinks differ, or a volume event came before its key event"
+import collections, json, sys
+d = sys.argv[1]
+raw = {}
+def load(name):
+    out = []
+    raw[name] = []
+    for line in open(f"{d}/{name}.jsonl"):
+        line = line.strip()
+        if not line or line == "null":
+            continue
+        e = json.loads(line)
+        raw[name].append(e)
+        out.append((e["type"], e["time_usec"], e["data"].get("uuid") or e["data"].get("key_id")))
+    return out
+sinks = {n: load(n) for n in ("sub-events", "ctl-events", "hook-events")}
+ref = collections.Counter(sinks["sub-events"])
+for n, evs in sinks.items():
+    c = collections.Counter(evs)
+    if c != ref:
+        print(f"{n}: {len(evs)} events; missing {list((ref - c).elements())[:5]}, extra {list((c - ref).elements())[:5]}")
+        sys.exit(1)
+    print(f"{n}: {len(evs)} events, the same as the subscriber")
+for n in ("sub-events", "ctl-events"):
+    # the latest key event of a volume.locked's key, before it, is the disable that caused it
+    last = {}
+    for i, (t, _, who) in enumerate(sinks[n]):
+        if t.startswith("key."):
+            last[who] = t
+        if t == "volume.locked":
+            e = raw[n][i]
+            k = e["data"]["key_id"]
+            if last.get(k) not in ("key.disabled", "key.pending-deletion"):
+                print(f"{n}: volume.locked of {e['data']['uuid']} (event {i}) came before its key.disabled: "
+                      f"the latest event of {k} before it is {last.get(k)}")
+                sys.exit(1)
+    print(f"{n}: every volume.locked follows its key's key.disabled or key.pending-deletion")
+EOP
 python3 - "$TEST_TMP/sub-events.jsonl" <<'EOP' || fail "an event lacks the key state or the reason"
 import json, sys
 for line in open(sys.argv[1]):
@@ -277,7 +369,6 @@ for line in open(sys.argv[1]):
     if e["type"] == "volume.locked":
         assert d["availability"] == "UNAVAILABLE" and "wiped" in d["unavailable_reason"] or "closed" in d["unavailable_reason"], e
 EOP
-n_sub=$(grep -c . "$TEST_TMP/sub-events.jsonl"); n_ctl=$(grep -c . "$TEST_TMP/ctl-events.jsonl"); n_hook=$(grep -c . "$TEST_TMP/hook-events.jsonl")
-log "events: subscriber $n_sub (incl. null ack), cmekctl $n_ctl, hook $n_hook"
-grep -q "failed with exit status 3" "$TEST_TMP/cmekd.log" || fail "the failing hook was not logged"
+grep -q "30-fail failed with exit status 3" "$TEST_TMP/cmekd.log" || fail "the failing hook was not logged"
+grep -q "20-hang did not finish within" "$TEST_TMP/cmekd.log" || fail "the hanging hook was not logged and killed"
 log "ok"
