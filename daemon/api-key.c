@@ -74,6 +74,11 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
         r = key_load(m, id, &k);
         if (r == -ENOENT || r == -ENOTUNIQ)
                 return reply_key_not_found(c, id, r), r;
+        if (r == -EHOSTDOWN) {
+                const char *reason;
+                Vault *v = keys_unavailable_vault(m, &reason);
+                return reply_vault_unavailable(c, v ? vault_name(v) : "?", reason), r;
+        }
         if (r < 0)
                 return r;
         r = manager_authorize(m, c, verb, "keys", key_get_compartment(k), key_get_id(k), NULL);
@@ -279,6 +284,13 @@ static int apply(Manager *m, Call *c, json_object *params, KeyOp op) {
                 json_object_object_add(e, "requested", json_object_new_string(key_op_to_string(op)));
                 json_object_object_add(e, "allowed", json_object_new_array());
                 return call_error(c, CMEK_ERROR_INVALID_TRANSITION, e);
+        }
+        if (r < 0 && r != -ENOMEM) {
+                /* the token went away under the operation: say so, not "Input/output error" */
+                const char *reason;
+                Vault *v = keys_unavailable_vault(m, &reason);
+                if (v)
+                        return reply_vault_unavailable(c, vault_name(v), reason);
         }
         if (r < 0)
                 return r;

@@ -76,6 +76,11 @@ static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
                 error = CMEK_ERROR_DEVICE_ERROR;
                 snprintf(msg, sizeof(msg), "no free keyslot or token (or no room in the LUKS2 metadata) on '%s'", strempty(device));
                 break;
+        case -EHOSTDOWN:
+                error = CMEK_ERROR_VAULT_UNAVAILABLE;
+                snprintf(msg, sizeof(msg), "key %s is not in any available vault, and a vault is unavailable "
+                         "(its token gone?): see 'cmekctl vault list'", strempty(key_id));
+                break;
         case -EBUSY:
                 error = CMEK_ERROR_BUSY;
                 snprintf(msg, sizeof(msg), "'%s' is in use", strempty(device));
@@ -571,10 +576,11 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                 }
                 json_object_array_add(results, e);
         }
-        (void) volume_registry_flush(m);
-        snprintf(detail, sizeof(detail), "%u rewrapped, %u current, %u unreachable, %u failed",
-                 count[REWRAP_DONE], count[REWRAP_CURRENT], count[REWRAP_UNREACHABLE], count[REWRAP_FAILED]);
-        audit(m, c, "volume.rewrap_completed", count[REWRAP_FAILED] ? "partial" : "ok", NULL, key ? k.id : NULL, NULL, detail);
+        int saved = volume_registry_flush(m);
+        snprintf(detail, sizeof(detail), "%u rewrapped, %u current, %u unreachable, %u failed%s",
+                 count[REWRAP_DONE], count[REWRAP_CURRENT], count[REWRAP_UNREACHABLE], count[REWRAP_FAILED],
+                 saved < 0 ? ", registry not saved" : "");
+        audit(m, c, "volume.rewrap_completed", count[REWRAP_FAILED] || saved < 0 ? "partial" : "ok", NULL, key ? k.id : NULL, NULL, detail);
         {
                 json_object *d = json_object_new_object();
                 json_object_object_add(d, "key_id", key ? json_object_new_string(k.id) : NULL);
@@ -593,6 +599,13 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
         json_object_object_add(p, "unreachable", json_object_new_int(count[REWRAP_UNREACHABLE]));
         json_object_object_add(p, "failed", json_object_new_int(count[REWRAP_FAILED]));
         json_object_object_add(p, "results", results);
+        if (saved < 0) {
+                /* the headers are done (they are the truth), the registry is stale: not a success */
+                json_object_put(p);
+                return call_errorf(c, CMEK_ERROR_DEVICE_ERROR, "%u volume(s) re-wrapped in their headers, but the volume "
+                                   "registry could not be written: %s; free the space and re-run", count[REWRAP_DONE],
+                                   strerror(-saved));
+        }
         return call_reply(c, p);
 }
 

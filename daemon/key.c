@@ -429,6 +429,7 @@ static int key_delete_now(Manager *m, Key *k);
 /* cached: the caller only uses the key (encrypt, decrypt, lookup), it changes nothing in the token. */
 static int key_load_raw(Manager *m, const char *id_or_name, bool cached, Key **ret) {
         Key *found = NULL;
+        bool unavailable = false;
         int r;
 
         if (strncmp(id_or_name, KEY_ID_PREFIX, strlen(KEY_ID_PREFIX)) == 0) {
@@ -441,8 +442,10 @@ static int key_load_raw(Manager *m, const char *id_or_name, bool cached, Key **r
                         Vault *v = vault_set_get(vs, i);
                         Key **a;
                         size_t n;
-                        if (vault_unavailable_reason(v) || vault_load_keys(v, id_or_name, &a, &n) < 0)
+                        if (vault_unavailable_reason(v) || vault_load_keys(v, id_or_name, &a, &n) < 0) {
+                                unavailable = true;
                                 continue;
+                        }
                         if (n > 0) {
                                 found = TAKE_PTR(a[0]);
                                 key_cache_put(m, found);
@@ -473,7 +476,8 @@ static int key_load_raw(Manager *m, const char *id_or_name, bool cached, Key **r
                 key_array_free(a, n);
         }
         if (!found)
-                return -ENOENT;
+                /* not "no such key" when it may be in a vault we cannot reach (token gone) */
+                return unavailable ? -EHOSTDOWN : -ENOENT;
         key_notice_state(m, found);
         *ret = found;
         return 0;
@@ -494,6 +498,19 @@ static int key_load_full(Manager *m, const char *id_or_name, bool cached, Key **
         }
         *ret = k;
         return 0;
+}
+
+Vault *keys_unavailable_vault(Manager *m, const char **ret_reason) {
+        VaultSet *vs = keys_vaults(m);
+        for (size_t i = 0; i < vault_set_size(vs); i++) {
+                const char *reason = vault_unavailable_reason(vault_set_get(vs, i));
+                if (reason) {
+                        *ret_reason = reason;
+                        return vault_set_get(vs, i);
+                }
+        }
+        *ret_reason = "a token operation failed";
+        return NULL;
 }
 
 int key_load(Manager *m, const char *id_or_name, Key **ret) {

@@ -418,6 +418,20 @@ static int vault_connect_now(Vault *v) {
         }
 
         r = vault_find_slot(v, &found);
+        if ((r < 0 || !found) && !v->embedded) {
+                /* a module whose token went away (p11-kit-client whose server stopped) reaches
+                 * it again only from a new C_Initialize: start the module over once */
+                (void) p11_kit_module_finalize(v->module);
+                v->initialized = false;
+                rv = p11_kit_module_initialize(v->module);
+                if (rv != CKR_OK) {
+                        vault_set_reason(v, "cannot initialise PKCS#11 module '%s' again: %s", v->module_path,
+                                         p11_kit_strerror(rv));
+                        return vault_rv_to_errno(rv);
+                }
+                v->initialized = true;
+                r = vault_find_slot(v, &found);
+        }
         if (r < 0) {
                 vault_set_reason(v, "cannot list slots: %s", strerror(-r));
                 return r;

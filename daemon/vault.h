@@ -108,6 +108,9 @@ VaultSet *keys_vaults(Manager *m);
 
 /* By id, or by name ("NAME" or "COMPARTMENT/NAME"); -ENOENT, -ENOTUNIQ (name in several
  * compartments). Carries out a deletion that is due. */
+/* The first vault that cannot be used now (and why): for -EHOSTDOWN from key_load()/key_lookup(),
+ * the key was not found and a vault that may hold it is unavailable (its token gone). */
+Vault *keys_unavailable_vault(Manager *m, const char **ret_reason);
 int key_load(Manager *m, const char *id_or_name, Key **ret);
 Key *key_free(Key *k);
 static inline void key_freep(Key **k) { key_free(*k); }
