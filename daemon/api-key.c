@@ -302,6 +302,34 @@ static int apply(Manager *m, Call *c, json_object *params, KeyOp op) {
         return reply_key(m, c, k, extra);
 }
 
+static int version_enabled(Manager *m, Call *c, json_object *params, bool enabled) {
+        _cleanup_(key_freep) Key *k = NULL;
+        unsigned version = 0;
+        int r;
+
+        r = load_authorized(m, c, params, "manage", &k);
+        if (r < 0)
+                return r == -EACCES || r == -EINVAL || r == -ENOENT || r == -ENOTUNIQ ? 0 : r;
+        if (get_uint(c, params, "version", 0, UINT32_MAX, &version) < 0)
+                return 0;
+        if (version == 0)
+                return reply_invalid(c, "version", "give the version number (see 'cmekctl key show')");
+        r = key_set_version_enabled(m, c, k, version, enabled);
+        if (r == -ENOENT)
+                return call_errorf(c, CMEK_ERROR_KEY_NOT_FOUND, "Key %s has no version %u.", key_get_id(k), version);
+        if (r == -EBUSY)
+                return call_errorf(c, CMEK_ERROR_INVALID_TRANSITION,
+                                   "Version %u is the current version of key %s: rotate the key first "
+                                   "('cmekctl key rotate %s'), or disable the whole key.",
+                                   version, key_get_id(k), key_get_id(k));
+        if (r < 0)
+                return r;
+        return reply_key(m, c, k, NULL);
+}
+
+static int method_disable_version(Manager *m, Call *c, json_object *params) { return version_enabled(m, c, params, false); }
+static int method_enable_version(Manager *m, Call *c, json_object *params) { return version_enabled(m, c, params, true); }
+
 static int method_disable(Manager *m, Call *c, json_object *params) { return apply(m, c, params, KEY_OP_DISABLE); }
 static int method_enable(Manager *m, Call *c, json_object *params) { return apply(m, c, params, KEY_OP_ENABLE); }
 static int method_schedule_deletion(Manager *m, Call *c, json_object *params) { return apply(m, c, params, KEY_OP_SCHEDULE_DELETION); }
@@ -433,6 +461,8 @@ static const Method key_methods[] = {
         { "io.cmek.Key.List", method_list },
         { "io.cmek.Key.Show", method_show },
         { "io.cmek.Key.Disable", method_disable },
+        { "io.cmek.Key.DisableVersion", method_disable_version },
+        { "io.cmek.Key.EnableVersion", method_enable_version },
         { "io.cmek.Key.Enable", method_enable },
         { "io.cmek.Key.ScheduleDeletion", method_schedule_deletion },
         { "io.cmek.Key.CancelDeletion", method_cancel_deletion },
@@ -498,6 +528,11 @@ const Interface interface_key = {
                 "method Disable(key: string) -> (key: KeyInfo)\n"
                 "\n"
                 "method Enable(key: string) -> (key: KeyInfo)\n"
+                "\n"
+                "# One old version only (not the current one): it unwraps nothing any more.\n"
+                "method DisableVersion(key: string, version: int) -> (key: KeyInfo)\n"
+                "\n"
+                "method EnableVersion(key: string, version: int) -> (key: KeyInfo)\n"
                 "\n"
                 "# days: the waiting period, 7 to 30 (default 30).\n"
                 "method ScheduleDeletion(key: string, days: ?int) -> (key: KeyInfo)\n"

@@ -561,6 +561,7 @@ json_object *key_to_json(Manager *m, Key *k) {
                 json_object_object_add(x, "version", json_object_new_int64(n));
                 json_object_object_add(x, "created", time_json((uint64_t) c));
                 json_object_object_add(x, "label", json_object_new_string(strempty(cmek_json_get_string(e, "label"))));
+                json_object_object_add(x, "enabled", json_object_new_boolean(!cmek_json_get_bool(e, "disabled", false)));
                 json_object_array_add(vs, x);
         }
         json_object_object_add(o, "versions", vs);
@@ -886,7 +887,11 @@ static int key_set_usage(Key *k, bool usable) {
                 return 0;
         for (size_t i = 0; a && i < json_object_array_length(a); i++) {
                 CK_OBJECT_HANDLE h;
-                const char *label = cmek_json_get_string(json_object_array_get_idx(a, i), "label");
+                json_object *e = json_object_array_get_idx(a, i);
+                const char *label = cmek_json_get_string(e, "label");
+                /* a version disabled on its own stays off when the key is enabled */
+                if (usable && cmek_json_get_bool(e, "disabled", false))
+                        continue;
                 if (!label || vault_secret_find(k->vault, label, &h) < 0)
                         continue;
                 int r = vault_secret_set_usage(k->vault, h, usable);
@@ -909,6 +914,39 @@ static void key_audit_change_op(Manager *m, Call *c, const char *operation, Key 
 
 static void key_audit_change(Manager *m, Call *c, Key *k, const char *event, KeyState old, const char *detail) {
         key_audit_change_op(m, c, "scheduler", k, event, old, detail);
+}
+
+/* After a rotation and the re-wrap of every volume, the old versions can be switched off one by
+ * one (the current version cannot: rotate first). A disabled version unwraps nothing, through
+ * cmekd or (where the token lets CKA_DECRYPT change) any other PKCS#11 user. */
+int key_set_version_enabled(Manager *m, Call *c, Key *k, unsigned version, bool enabled) {
+        json_object *e = meta_version(k, version);
+        const char *label = e ? cmek_json_get_string(e, "label") : NULL;
+        char detail[64];
+        CK_OBJECT_HANDLE h;
+        int r;
+
+        if (!label)
+                return -ENOENT;
+        if (!enabled && version == (unsigned) meta_u64(k, "current_version"))
+                return -EBUSY;
+        if (cmek_json_get_bool(e, "disabled", false) == !enabled)
+                return 0;
+        if (!key_is_software(k) && vault_secret_find(k->vault, label, &h) >= 0) {
+                r = vault_secret_set_usage(k->vault, h, enabled && key_get_state(k) == KEY_STATE_ENABLED);
+                if (r < 0)
+                        log_debug_errno(r, "Vault '%s' does not let the usage of '%s' change: %m",
+                                        vault_name(k->vault), label);
+        }
+        json_object_object_add(e, "disabled", json_object_new_boolean(!enabled));
+        key_cache_drop(m, NULL);
+        r = key_store_meta(m, k);
+        if (r < 0)
+                return r;
+        snprintf(detail, sizeof(detail), "version %u", version);
+        key_audit_change_op(m, c, "version", k, enabled ? "key.version-enabled" : "key.version-disabled",
+                            key_get_state(k), detail);
+        return 0;
 }
 
 /* CKA_ENCRYPT or CKA_DECRYPT of the current version is off in the token. */
@@ -1162,6 +1200,8 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
 
         if (!label)
                 return -ENOENT;
+        if (cmek_json_get_bool(e, "disabled", false))
+                return -EKEYREVOKED;
         if (key_is_software(k)) {
                 const char *sealed = cmek_json_get_string(e, "sealed");
                 uint8_t blob[128];

@@ -154,6 +154,8 @@ json_object *key_allowed_ops(KeyState s);
  * InvalidStateTransition), -EPERM for the provider-managed key. Audits. days: for
  * schedule-deletion. ret_version: for rotate (may be NULL). */
 int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *ret_version);
+/* -ENOENT no such version, -EBUSY it is the current version */
+int key_set_version_enabled(Manager *m, Call *c, Key *k, unsigned version, bool enabled);
 /* Deletions and rotations due at now; fills arrays of key ids (may be NULL). */
 int key_run_scheduled(Manager *m, uint64_t now_usec, json_object *ret_deleted, json_object *ret_rotated);
 size_t key_count_in_vault(Manager *m, const char *vault);

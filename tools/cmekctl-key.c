@@ -16,14 +16,14 @@
 typedef struct KeyArgs {
         const char *compartment, *vault, *protection_mode, *wrapped_file, *algorithm, *key_file,
                 *public_key, *out, *on_disable;
-        int64_t length, rotation, days;
+        int64_t length, rotation, days, version;
 } KeyArgs;
 
 /* Parses the options of every key/vault verb; returns the index of the first positional
  * argument, or -CTL_EXIT_USAGE after a message. */
 static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
         enum { ARG_COMP = 0x100, ARG_VAULT, ARG_LENGTH, ARG_MODE, ARG_ROT, ARG_DAYS, ARG_WRAPPED, ARG_ALG,
-               ARG_KEYFILE, ARG_PUB, ARG_OUT, ARG_ON_DISABLE };
+               ARG_KEYFILE, ARG_PUB, ARG_OUT, ARG_ON_DISABLE, ARG_VERSION };
         static const struct option options[] = {
                 CTL_OPTION_JSON,
                 { "compartment", required_argument, NULL, ARG_COMP },
@@ -38,11 +38,12 @@ static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
                 { "public-key", required_argument, NULL, ARG_PUB },
                 { "out", required_argument, NULL, ARG_OUT },
                 { "on-disable", required_argument, NULL, ARG_ON_DISABLE },
+                { "version", required_argument, NULL, ARG_VERSION },
                 {}
         };
         int c;
 
-        *a = (KeyArgs) { .length = -1, .rotation = -1, .days = -1 };
+        *a = (KeyArgs) { .length = -1, .rotation = -1, .days = -1, .version = -1 };
         optind = 0;
         while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
                 char *end;
@@ -65,13 +66,15 @@ static int parse_args(int argc, char *argv[], KeyArgs *a, int n_pos) {
                         break;
                 case ARG_LENGTH:
                 case ARG_ROT:
+                case ARG_VERSION:
                 case ARG_DAYS: {
                         long long v = strtoll(optarg, &end, 10);
                         if (*optarg == 0 || *end != 0 || v < 0 || v > 100000) {
                                 fprintf(stderr, "cmekctl %s: '%s' is not a number.\n", argv[0], optarg);
                                 return -CTL_EXIT_USAGE;
                         }
-                        *(c == ARG_LENGTH ? &a->length : c == ARG_ROT ? &a->rotation : &a->days) = v;
+                        *(c == ARG_LENGTH ? &a->length : c == ARG_ROT ? &a->rotation :
+                          c == ARG_VERSION ? &a->version : &a->days) = v;
                         break;
                 }
                 default:
@@ -202,7 +205,8 @@ static void print_key(json_object *key) {
                 json_object *v = json_object_array_get_idx(vs, i);
                 char name[64], val[256], n[32];
                 snprintf(name, sizeof(name), "version %s", jint(v, "version", n, sizeof(n)) ?: "?");
-                snprintf(val, sizeof(val), "%s  %s", strempty(jstr(v, "created")), strempty(jstr(v, "label")));
+                snprintf(val, sizeof(val), "%s  %s%s", strempty(jstr(v, "created")), strempty(jstr(v, "label")),
+                         cmek_json_get_bool(v, "enabled", true) ? "" : "  (disabled)");
                 ctl_print_field(name, val);
         }
 }
@@ -287,8 +291,21 @@ static int key_one(int argc, char *argv[], const char *method, bool days) {
                 fprintf(stderr, "cmekctl key %s: --days applies to schedule-deletion only.\n", argv[0]);
                 return CTL_EXIT_USAGE;
         }
+        if (a.version >= 0) {
+                /* one version of the key, not the key */
+                if (streq(method, "io.cmek.Key.Disable"))
+                        method = "io.cmek.Key.DisableVersion";
+                else if (streq(method, "io.cmek.Key.Enable"))
+                        method = "io.cmek.Key.EnableVersion";
+                else {
+                        fprintf(stderr, "cmekctl key %s: --version applies to disable and enable only.\n", argv[0]);
+                        return CTL_EXIT_USAGE;
+                }
+        }
         p = json_object_new_object();
         json_object_object_add(p, "key", json_object_new_string(argv[k]));
+        if (a.version >= 0)
+                json_object_object_add(p, "version", json_object_new_int64(a.version));
         if (days && a.days >= 0)
                 json_object_object_add(p, "days", json_object_new_int64(a.days));
         k = ctl_call(method, p, &r);
@@ -484,8 +501,8 @@ const Verb key_verbs[] = {
           "Create a master key in a vault", verb_key_create },
         { "key", "list", "[--compartment C]", "List master keys", verb_key_list },
         { "key", "show", "KEY", "Show a key (id, name or COMPARTMENT/NAME)", verb_key_show },
-        { "key", "disable", "KEY", "Disable a key: nothing unwraps with it", verb_key_disable },
-        { "key", "enable", "KEY", "Enable a disabled key", verb_key_enable },
+        { "key", "disable", "KEY [--version N]", "Disable a key (or only its old version N): nothing unwraps with it", verb_key_disable },
+        { "key", "enable", "KEY [--version N]", "Enable a disabled key (or its version N)", verb_key_enable },
         { "key", "schedule-deletion", "KEY [--days 7..30]", "Delete a key after a waiting period (default 30 days)", verb_key_schedule },
         { "key", "cancel-deletion", "KEY", "Cancel a scheduled deletion (the key becomes DISABLED)", verb_key_cancel },
         { "key", "rotate", "KEY", "Create a new key version; it wraps from now on", verb_key_rotate },

@@ -19,6 +19,9 @@ log "creating $COUNT volumes"
 for i in $(seq 1 "$COUNT"); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
 mv "$I/v1.img" "$TEST_TMP/away.img"   # one volume is unplugged during the rotation
 
+# a token wrapped under version 1, to show later that a disabled version unwraps nothing
+cryptsetup token export --token-id 0 "$I/v3.img" >"$TEST_TMP/v3-v1.json"
+
 log "rotating"
 start=$(date +%s%N)
 cmekctl key rotate "$K" >/dev/null
@@ -42,4 +45,19 @@ mv "$TEST_TMP/away.img" "$I/v1.img"
 out=$(cmekctl volume rewrap --key "$K")
 assert_contains "$out" "1 re-wrapped, $((COUNT - 1)) already current, 0 unreachable, 0 failed"
 cmekctl volume unlock --test "$I/v1.img" >/dev/null
+
+log "disable the old version afterwards: every volume still opens"
+expect_exit 7 "$CMEKCTL_BIN" key disable "$K" --version 2   # the current version: rotate first
+cmekctl key disable "$K" --version 1 >/dev/null
+cmekctl key show "$K" | grep -q "v1  (disabled)" || fail "version 1 not shown as disabled"
+for i in $(seq 1 "$COUNT"); do cmekctl volume unlock --test "$I/v$i.img" >/dev/null || fail "v$i.img does not open with version 1 disabled"; done
+# the token still wrapped under version 1 (put back by hand) is refused now ...
+cryptsetup token import --token-id 0 --token-replace --json-file "$TEST_TMP/v3-v1.json" "$I/v3.img"
+expect_exit 6 "$CMEKCTL_BIN" volume unlock --test "$I/v3.img"
+# ... and opens again once version 1 is enabled; a re-wrap brings it to version 2
+cmekctl key enable "$K" --version 1 >/dev/null
+cmekctl key show "$K" | grep -q "v1  (disabled)" && fail "version 1 still disabled after enable"
+cmekctl volume unlock --test "$I/v3.img" >/dev/null || fail "v3.img does not open with version 1 enabled"
+cmekctl volume rewrap "$I/v3.img" >/dev/null
+cryptsetup luksDump --dump-json-metadata "$I/v3.img" | grep -q '"key_version":2' || fail "v3.img not re-wrapped again"
 log "ok"
