@@ -165,18 +165,18 @@ static int run(int argc, char *argv[]) {
         umask(0077);
         m->start_usec = cmek_now_usec();
 
+        /* under systemd, StateDirectory= tells where the state lives (any prefix) */
+        if (!state_dir_given && getenv("STATE_DIRECTORY")) {
+                const char *sd = getenv("STATE_DIRECTORY");
+                free(m->state_dir);
+                m->state_dir = strndup(sd, strcspn(sd, ":"));
+        }
         r = cmek_mkdir_p(m->state_dir, 0700);
         if (r >= 0 && chmod(m->state_dir, 0700) < 0) /* it holds the token PINs */
                 r = -errno;
         if (r < 0) {
                 log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
                 goto out;
-        }
-        /* under systemd, StateDirectory= tells where the state lives (any prefix) */
-        if (!state_dir_given && getenv("STATE_DIRECTORY")) {
-                const char *sd = getenv("STATE_DIRECTORY");
-                free(m->state_dir);
-                m->state_dir = strndup(sd, strcspn(sd, ":"));
         }
         if (!m->policy_path && access(DEFAULT_POLICY, F_OK) >= 0)
                 m->policy_path = strdup(DEFAULT_POLICY);

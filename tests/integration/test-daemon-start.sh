@@ -52,6 +52,16 @@ assert_contains "$info" io.cmek.Service
 "$CMEKCTL_BIN" --socket "$SOCK2" --json status | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["socket_activated"] is True, d'
 [ -f "$TEST_TMP/state2/audit.log" ] || fail "socket-activated daemon did not use its state dir"
 
+# under systemd, StateDirectory= passes $STATE_DIRECTORY: used when --state-dir is not given
+SOCK3=$TEST_TMP/sd.socket
+STATE_DIRECTORY=$TEST_TMP/statedir "$CMEKD" --socket "$SOCK3" >>"$TEST_TMP/cmekd.log" 2>&1 &
+sd_pid=$!
+on_exit "kill $sd_pid 2>/dev/null; wait $sd_pid 2>/dev/null"
+wait_for_socket "$SOCK3" "$sd_pid"
+"$CMEKCTL_BIN" --socket "$SOCK3" --json status | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["state_dir"].endswith("/statedir"), d'
+[ -f "$TEST_TMP/statedir/audit.log" ] || fail "\$STATE_DIRECTORY not used"
+kill "$sd_pid"; wait "$sd_pid" || true
+
 # a daemon without a socket says how to start it
 rc=0; "$CMEKD" --state-dir "$TEST_TMP/state3" >"$TEST_TMP/err" 2>&1 || rc=$?
 [ $rc -ne 0 ] || fail "cmekd without socket should fail"

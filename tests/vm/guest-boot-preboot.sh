@@ -33,23 +33,11 @@ cp "$S/systemd/cmekd.socket" "$S/systemd/cmek-attach@.service" $sysd/
 mkdir -p "$sysd/systemd-cryptsetup@.service.d" $sysd/sockets.target.wants $sysd/sysinit.target.wants
 cp "$S/systemd/cmekd-cryptsetup.conf" "$sysd/systemd-cryptsetup@.service.d/cmekd.conf"
 install -D -m 0644 "$S/systemd/cmekd-tmpfiles.conf" /etc/tmpfiles.d/cmekd.conf
-# Test-only: under TCG on a loaded host, socket-activating cmekd (PID 1 latency + its start)
-# took 7-8 s, longer than the token plugin waits for a reply (5 s), and the boot volumes failed
-# with "cmekd ... did not answer". Have cmekd up before the crypttab volumes try their tokens
-# so that this test checks the units, not the emulator's speed. The shipped drop-in
-# (cmekd-cryptsetup.conf, installed above and loaded too) orders them after cmekd.socket only.
-printf '[Unit]\nWants=cmekd.service\nAfter=cmekd.service\n' >"$sysd/systemd-cryptsetup@.service.d/zz-vmtest.conf"
+# Only the shipped units: cmekd is socket-activated by the first crypttab volume's token (its
+# first start took 7-8 s under TCG; the plugin waits 30 s for a reply).
 ln -sf ../cmekd.socket $sysd/sockets.target.wants/cmekd.socket
-# The unit runs cmekd without --state-dir; a build configured with a prefix other than /usr
-# looks under $prefix/var, which ProtectSystem=strict keeps read-only. Point it at the
-# StateDirectory= the unit declares.
-def=$(/usr/local/sbin/cmekd --help | sed -n 's/.*--state-dir DIR .*(default \(.*\))$/\1/p')
-if [ "$def" != /var/lib/cmekd ]; then
-    mkdir -p $sysd/cmekd.service.d
-    printf '[Service]\nExecStart=\nExecStart=/usr/local/sbin/cmekd --state-dir /var/lib/cmekd\n' \
-        >$sysd/cmekd.service.d/state-dir.conf
-    say "NOTE: this cmekd's default state dir is '$def'; a drop-in passes --state-dir /var/lib/cmekd"
-fi
+# The unit runs cmekd without --state-dir: it takes $STATE_DIRECTORY (/var/lib/cmekd) from
+# StateDirectory=, whatever prefix the build was configured with.
 
 # the broker's state (keys in its SoftHSM2 token, volume registry) made on the host
 rm -rf /var/lib/cmekd
@@ -67,7 +55,8 @@ cat >/etc/crypttab <<TAB
 cmekvol UUID=$CRYPT_UUID none headless=true,nofail
 cmekoff UUID=$OFF_UUID none headless=true,nofail
 TAB
-echo "/dev/mapper/cmekvol /mnt/cmek ext4 defaults,nofail 0 2" >>/etc/fstab
+# no nofail: local-fs.target waits for it, and cmekd must still be able to unlock it
+echo "/dev/mapper/cmekvol /mnt/cmek ext4 defaults 0 2" >>/etc/fstab
 # CMEK_VM_DEBUG=1: PID 1 logs at debug level (device unit state changes, job reasons)
 if [ "${CMEK_VM_DEBUG:-0}" = 1 ]; then
     mkdir -p /etc/systemd/system.conf.d
