@@ -394,6 +394,11 @@ static int dispatch(Connection *c, json_object *msg) {
                 /* a handler that neither replied nor kept the call: a bug, but never hang the client */
                 (void) call_errorf(call, CMEK_ERROR_INTERNAL, "%s sent no reply", method);
         }
+        /* the idle countdown starts when the answer is ready: a request that took longer than
+         * CONNECTION_IDLE_USEC (memory-hard PBKDF on a slow machine, valgrind) must not have its
+         * client dropped as idle before the reply leaves */
+        if (call->conn && call->conn->idle)
+                (void) sd_event_source_set_time_relative(call->conn->idle, CONNECTION_IDLE_USEC);
         call_unref(call);
         return 0;
 }

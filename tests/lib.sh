@@ -39,7 +39,11 @@ start_cmekd() {
     STATE=${1:-$TEST_TMP/state}; shift || true
     SOCK=${SOCK:-$TEST_TMP/io.cmek.socket}
     mkdir -p "$STATE"
-    "$CMEKD" --state-dir "$STATE" --socket "$SOCK" --test-hooks --log-level debug "$@" \
+    # CMEK_VALGRIND=1: under memcheck; an error or a definite leak makes the exit 99 (stop_cmekd fails)
+    local vg=()
+    [ -z "${CMEK_VALGRIND:-}" ] || vg=(valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --num-callers=40
+        --error-exitcode=99 --suppressions="$top_srcdir/tests/valgrind.supp" --log-file="$TEST_TMP/valgrind.%p.log")
+    "${vg[@]}" "$CMEKD" --state-dir "$STATE" --socket "$SOCK" --test-hooks --log-level debug "$@" \
         >>"$TEST_TMP/cmekd.log" 2>&1 &
     CMEKD_PID=$!
     wait_for_socket "$SOCK" "$CMEKD_PID"
@@ -68,7 +72,8 @@ stop_cmekd() {
         wait "$CMEKD_PID" || rc=$?
         CMEKD_PID=
         # under ASan a leak or error at exit makes the daemon exit non-zero
-        [ $rc -eq 0 ] || { tail -40 "$TEST_TMP/cmekd.log" >&2; echo "cmekd exited with $rc" >&2; return 1; }
+        [ $rc -eq 0 ] || { tail -n 60 "$TEST_TMP/cmekd.log" "$TEST_TMP"/valgrind.*.log >&2 2>/dev/null || true
+            echo "cmekd exited with $rc" >&2; return 1; }
     fi
     CMEKD_PID=
     return 0
