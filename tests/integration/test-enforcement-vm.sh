@@ -52,10 +52,15 @@ exit 0
 EOH
 printf '#!/bin/sh\ncat >/dev/null; exit 3\n' >"$HOOKS/30-fail"
 chmod +x "$HOOKS"/*
+# hook-timeout: a loaded TCG guest can take seconds to start a shell; the hanging hook is
+# still killed long before the end
 cat >"$TEST_TMP/cmekd.conf" <<EOC
 [enforcement]
 on-disable = suspend
 watch-interval = 1
+
+[events]
+hook-timeout = 30
 EOC
 start_cmekd "" --config "$TEST_TMP/cmekd.conf" --hooks-dir "$HOOKS" --metrics-file "$TEST_TMP/cmekd.prom"
 
@@ -154,7 +159,10 @@ wait $DISPID || fail "cmekctl key disable failed"
 t_reply=$(ms)
 [ -n "$locked_at" ] || fail "the A mappings were not all suspended"
 LAT=$((locked_at - t0))
-sleep 0.5 # the events go out after the token writes
+for ((i = 0; i < 100; i++)); do # the subscriber writes them out a little later
+    [ "$(grep -c '"volume.locked"' "$TEST_TMP/sub-events.jsonl" || true)" -ge 3 ] && break
+    sleep 0.1
+done
 # the daemon's own view: the volume.locked events are sent right after its locking pass
 ev_ms=$(python3 -c 'import json,sys
 t=[json.loads(l)["time_usec"] for l in open(sys.argv[1]) if l.strip() not in ("","null") and json.loads(l)["type"]=="volume.locked"]
@@ -167,7 +175,9 @@ log "LATENCY suspend (daemon, 3 mappings): request received -> locked $((load_ms
 # the one-second budget is the daemon's: under TCG on a loaded machine, starting cmekctl and this
 # polling loop (a dmsetup per round) cost more than the locking itself, so they get a margin
 [ $((load_ms + pass_ms)) -lt 1000 ] || fail "request -> locked took $((load_ms + pass_ms)) ms in the daemon (more than a second)"
-[ $((ev_ms - t0)) -lt 3000 ] || fail "key disable -> locked took $((ev_ms - t0)) ms"
+# from the shell it includes starting cmekctl: seconds under TCG on a loaded host (8 s seen in
+# the sanitizer build), so only a sanity bound here
+[ $((ev_ms - t0)) -lt 30000 ] || fail "key disable -> locked took $((ev_ms - t0)) ms"
 for v in $VOLS_A; do
     kf=$(key_field "$N-$v")
     log "$v after: $(dmsetup info "$N-$v" | sed -n 's/^State: *//p'), key field: $(describe_key "$kf")"
@@ -203,17 +213,23 @@ log "data intact on a1 a2 a3 b1"
 
 log "--- token side: usage flags off with a PKCS#11 client, noticed by the watch (1 s)"
 PIN=$(sed -n 's/^user-pin=//p' "$STATE/pins")
-t0=$(ms)
+n_locked_before=$(grep -c '"volume.locked"' "$TEST_TMP/sub-events.jsonl" || true)
+t_start=$(ms)
 SOFTHSM2_CONF=$STATE/softhsm2.conf "$SETUSAGE" /usr/lib/softhsm/libsofthsm2.so cmekd-default "$PIN" "cmek:$A:v1" off >/dev/null
+t0=$(ms) # the flags are off in the token from here on (the client took $((t0 - t_start)) ms)
 locked_at=
 for ((i = 0; i < 1000; i++)); do
     all_suspended "$N-a1" "$N-a2" "$N-a3" && { locked_at=$(ms); break; }
 done
 [ -n "$locked_at" ] || fail "the token-side disable did not lock the A mappings"
+for ((i = 0; i < 100; i++)); do
+    [ "$(grep -c '"volume.locked"' "$TEST_TMP/sub-events.jsonl" || true)" -ge $((n_locked_before + 3)) ] && break
+    sleep 0.1
+done
 ev_ms=$(python3 -c 'import json,sys
 t=[json.loads(l)["time_usec"] for l in open(sys.argv[1]) if l.strip() not in ("","null") and json.loads(l)["type"]=="volume.locked"]
 print(max(t)//1000)' "$TEST_TMP/sub-events.jsonl")
-log "LATENCY token side: usage off -> volume.locked events $((ev_ms - t0)) ms, seen suspended by this loop after $((locked_at - t0)) ms (watch interval 1 s)"
+log "LATENCY token side: usage off (client returned) -> volume.locked events $((ev_ms - t0)) ms, seen suspended by this loop after $((locked_at - t0)) ms (watch interval 1 s; the PKCS#11 client ran $((t0 - t_start)) ms)"
 [ $((ev_ms - t0)) -lt 4000 ] || fail "the token-side disable took more than the watch interval and a margin"
 cmekctl key enable "$A" >/dev/null
 cmekctl volume restore "$I/a1.img" >/dev/null
