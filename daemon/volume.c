@@ -2012,6 +2012,19 @@ int volumes_init(Manager *m) {
         if (r < 0)
                 return r;
         (void) volumes_resolve_intents(m);
+        /* keys deleted before the volumes were loaded (a deletion that came due while cmekd was
+         * down is carried out by keys_init()), or a shred a crash interrupted: shred them now */
+        for (size_t i = 0; i < reg->n; i++) {
+                Volume *v = reg->volumes[i];
+                KeyInfo k = {};
+
+                if ((v->state != VOLUME_BOUND && v->state != VOLUME_SHRED_PENDING) || !v->key_id ||
+                    key_lookup(m, v->key_id, &k) < 0)
+                        continue;
+                if (k.state == KEY_STATE_DELETED)
+                        (void) volume_shred(m, v);
+                key_info_done(&k);
+        }
         log_info("Enforcement: on-disable=%s, watching the keys of bound volumes every %.1f s.",
                  on_disable_to_string(reg->on_disable), reg->watch_usec / 1e6);
         /* a key disabled while we were not running: its mappings are locked now */

@@ -172,8 +172,11 @@ rotate_once() { # the rotation completed once: current version > $1
 cur_version() { cmekctl key show "$K" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])'; }
 rewrap_all() { cmekctl volume rewrap --key "$K" >/dev/null; }
 newsecret() { cmekctl volume rewrap --new-secret "$I/c1.img" "$I/c3.img" >/dev/null; }
+# the key DELETED and its volume's CMEK keyslot gone, registered as KEY_DELETED (it keeps its passphrase)
 delete_due() { cmekctl_raw "{\"method\":\"io.cmek.Key.RunScheduled\",\"parameters\":{\"now\":$(( $(date +%s) + 8 * 86400 ))}}" >/dev/null
-    cmekctl key show "$KD" --json | grep -q '"DELETED"'; }
+    cmekctl key show "$KD" --json | grep -q '"DELETED"' &&
+    cmekctl volume show "$I/$DN.img" --json | grep -q '"KEY_DELETED"' &&
+    [ "$(cryptsetup luksDump --dump-json-metadata "$I/$DN.img" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["keyslots"]))')" = 1 ]; }
 
 # --- key create / import ---
 walk vault-after-generate-key "key create" create_key k1
@@ -235,7 +238,7 @@ full && walk write-file-before-rename "volume unbind --remove-slot (registry)" u
 doomed() { # NAME: a key bound to a plain volume (with its passphrase), deletion due in 7 days
     start_cmekd "$STATE"
     cmekctl key create "$1" --compartment prod >/dev/null
-    KD=$(key_id "prod/$1")
+    KD=$(key_id "prod/$1") DN=$1
     new_plain "$1"; cmekctl volume bind "$I/$1.img" --key "$KD" --unlock-key-file "$I/$1.img.pw" >/dev/null
     cmekctl key schedule-deletion "$KD" --days 7 >/dev/null
     stop_cmekd
