@@ -120,3 +120,19 @@ if [ "${CMEK_BUILD_FLAVOR:-}" = asan ]; then
     export -f cryptsetup
     export CMEK_SAN_PRELOAD
 fi
+
+# install_token_plugin: libcryptsetup loads token plugins only from its compiled-in directory, so
+# put this build's plugin there for the test's duration (the previous file is put back at exit).
+# Sets PLUGIN and TOKENDIR; skips when there is no plugin or no plugin support.
+install_token_plugin() {
+    PLUGIN="$top_builddir/tools/.libs/libcryptsetup-token-cmek.so"
+    [ -f "$PLUGIN" ] || skip "plugin not built"
+    TOKENDIR=$(command cryptsetup --help | sed -n 's/^LUKS2 external token plugin path: *\(.*\)\.$/\1/p')
+    [ -n "$TOKENDIR" ] && [ -d "$TOKENDIR" ] || skip "this cryptsetup loads no external token plugins"
+    if ! cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so"; then
+        [ ! -e "$TOKENDIR/libcryptsetup-token-cmek.so" ] || cp "$TOKENDIR/libcryptsetup-token-cmek.so" "$TEST_TMP/plugin.saved"
+        cp "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so.tmp"
+        mv "$TOKENDIR/libcryptsetup-token-cmek.so.tmp" "$TOKENDIR/libcryptsetup-token-cmek.so"
+        on_exit "if [ -e '$TEST_TMP/plugin.saved' ]; then cp '$TEST_TMP/plugin.saved' '$TOKENDIR/libcryptsetup-token-cmek.so'; else rm -f '$TOKENDIR/libcryptsetup-token-cmek.so'; fi"
+    fi
+}

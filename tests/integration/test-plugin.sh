@@ -7,17 +7,7 @@
 need_root
 need_cmd cryptsetup socat python3
 
-PLUGIN="$top_builddir/tools/.libs/libcryptsetup-token-cmek.so"
-[ -f "$PLUGIN" ] || skip "plugin not built"
-TOKENDIR=$(cryptsetup --help | sed -n 's/^LUKS2 external token plugin path: *\(.*\)\.$/\1/p')
-[ -n "$TOKENDIR" ] && [ -d "$TOKENDIR" ] || skip "this cryptsetup loads no external token plugins"
-# libcryptsetup loads plugins only from its compiled-in directory: install for the test's duration
-if ! cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so"; then
-    [ ! -e "$TOKENDIR/libcryptsetup-token-cmek.so" ] || cp "$TOKENDIR/libcryptsetup-token-cmek.so" "$TEST_TMP/plugin.saved"
-    cp "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so.tmp"
-    mv "$TOKENDIR/libcryptsetup-token-cmek.so.tmp" "$TOKENDIR/libcryptsetup-token-cmek.so"
-    on_exit "if [ -e '$TEST_TMP/plugin.saved' ]; then cp '$TEST_TMP/plugin.saved' '$TOKENDIR/libcryptsetup-token-cmek.so'; else rm -f '$TOKENDIR/libcryptsetup-token-cmek.so'; fi"
-fi
+install_token_plugin
 
 start_cmekd
 I=$TEST_TMP/img
