@@ -72,10 +72,7 @@ const char *key_state_to_string(KeyState s) {
 }
 
 KeyState key_state_from_string(const char *s) {
-        for (int i = 0; s && i < _KEY_STATE_MAX; i++)
-                if (streq(key_state_table[i], s))
-                        return i;
-        return _KEY_STATE_INVALID;
+        return (KeyState) cmek_string_table_lookup(key_state_table, _KEY_STATE_MAX, s);
 }
 
 void key_info_done(KeyInfo *k) {

@@ -1132,10 +1132,7 @@ const char *vault_wrap_algorithm_to_string(VaultWrapAlgorithm a) {
 }
 
 VaultWrapAlgorithm vault_wrap_algorithm_from_string(const char *s) {
-        for (int i = 0; s && i < _VAULT_WRAP_MAX; i++)
-                if (streq(wrap_algorithms[i], s))
-                        return i;
-        return _VAULT_WRAP_INVALID;
+        return (VaultWrapAlgorithm) cmek_string_table_lookup(wrap_algorithms, _VAULT_WRAP_MAX, s);
 }
 
 static CK_RV generate_wrapping_key(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *ret_pub) {

@@ -75,10 +75,7 @@ const char *volume_lock_to_string(VolumeLock l) {
 }
 
 VolumeLock volume_lock_from_string(const char *s) {
-        for (int i = 0; i < _VOLUME_LOCK_MAX; i++)
-                if (s && streq(s, volume_lock_table[i]))
-                        return (VolumeLock) i;
-        return _VOLUME_LOCK_INVALID;
+        return (VolumeLock) cmek_string_table_lookup(volume_lock_table, _VOLUME_LOCK_MAX, s);
 }
 
 static const char *const on_disable_table[_ON_DISABLE_MAX] = {
@@ -91,10 +88,7 @@ const char *on_disable_to_string(OnDisable o) {
 }
 
 OnDisable on_disable_from_string(const char *s) {
-        for (int i = 0; i < _ON_DISABLE_MAX; i++)
-                if (s && streq(s, on_disable_table[i]))
-                        return (OnDisable) i;
-        return _ON_DISABLE_INVALID;
+        return (OnDisable) cmek_string_table_lookup(on_disable_table, _ON_DISABLE_MAX, s);
 }
 
 const char *volume_state_to_string(VolumeState s) {
@@ -102,10 +96,7 @@ const char *volume_state_to_string(VolumeState s) {
 }
 
 VolumeState volume_state_from_string(const char *s) {
-        for (int i = 0; i < _VOLUME_STATE_MAX; i++)
-                if (s && streq(s, volume_state_table[i]))
-                        return (VolumeState) i;
-        return _VOLUME_STATE_INVALID;
+        return (VolumeState) cmek_string_table_lookup(volume_state_table, _VOLUME_STATE_MAX, s);
 }
 
 static const char *const rewrap_result_table[_REWRAP_RESULT_MAX] = {

@@ -42,6 +42,14 @@ static inline bool streq_ptr(const char *a, const char *b) {
 static inline const char *strempty(const char *s) { return s ? s : ""; }
 static inline int negative_errno(void) { return errno > 0 ? -errno : -EIO; }
 
+/* Index of s in a string table (enum -> name), or -EINVAL; NULL s or NULL entries never match. */
+static inline int cmek_string_table_lookup(const char *const *table, size_t n, const char *s) {
+        for (size_t i = 0; s && i < n; i++)
+                if (table[i] && streq(table[i], s))
+                        return (int) i;
+        return -EINVAL;
+}
+
 /* Constant-time comparison for secrets and MACs. */
 static inline bool memeq_consttime(const void *a, const void *b, size_t n) {
         const volatile unsigned char *x = a, *y = b;
