@@ -456,7 +456,7 @@ static int method_unwrap(Manager *m, Call *c, json_object *params) {
 
         if (!uuid || !json_object_object_get_ex(params, "token", &tok) || !json_object_is_type(tok, json_type_object))
                 return invalid(c, "\"uuid\" (string) and \"token\" (object) are required");
-        r = cmek_token_parse(json_object_to_json_string_ext(tok, JSON_C_TO_STRING_PLAIN), &t, &why);
+        r = cmek_token_from_json(tok, &t, &why);
         if (r < 0)
                 return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "malformed cmek token: %s", why);
 

@@ -28,6 +28,7 @@ struct Key {
         Vault *vault;
         CK_OBJECT_HANDLE handle;
         json_object *meta;
+        bool meta_shared;       /* meta is the key cache's object: copy before changing it */
 };
 
 typedef struct KnownState {
@@ -129,6 +130,19 @@ static const char *meta_str(const Key *k, const char *f) {
 static uint64_t meta_u64(const Key *k, const char *f) {
         int64_t v = 0;
         return cmek_json_get_int64(k->meta, f, &v) && v > 0 ? (uint64_t) v : 0;
+}
+
+static int key_meta_unshare(Key *k) {
+        json_object *copy = NULL;
+
+        if (!k->meta_shared)
+                return 0;
+        if (json_object_deep_copy(k->meta, &copy, NULL) < 0)
+                return -ENOMEM;
+        json_object_put(k->meta);
+        k->meta = copy;
+        k->meta_shared = false;
+        return 0;
 }
 
 static void meta_set_u64(Key *k, const char *f, uint64_t v) {
@@ -272,7 +286,7 @@ static void key_cache_drop(Manager *m, const char *id) {
         ks->n_cache = j;
 }
 
-/* A private copy of a fresh entry, or -ENOENT. */
+/* A fresh entry (its metadata shared with the cache), or -ENOENT. */
 static int key_cache_get(Manager *m, const char *id, Key **ret) {
         KeyStore *ks = m->keys;
         uint64_t now = cmek_monotonic_usec();
@@ -291,10 +305,9 @@ static int key_cache_get(Manager *m, const char *id, Key **ret) {
                         return -ENOMEM;
                 k->vault = e->vault;
                 k->handle = e->handle;
-                if (json_object_deep_copy(e->meta, &k->meta, NULL) < 0) {
-                        free(k);
-                        return -ENOMEM;
-                }
+                /* shared, not copied: the use paths only read it; key_meta_unshare() before a write */
+                k->meta = json_object_get(e->meta);
+                k->meta_shared = true;
                 *ret = k;
                 return 0;
         }
@@ -969,6 +982,9 @@ static int key_token_disabled(Manager *m, Key *k) {
 
         if (key_get_state(k) != KEY_STATE_ENABLED)
                 return 0;
+        r = key_meta_unshare(k);
+        if (r < 0)
+                return r;
         log_notice("Key '%s': CKA_ENCRYPT/CKA_DECRYPT turned off in its token: the key is now DISABLED.", key_get_id(k));
         (void) key_set_usage(k, false);
         meta_set_str(k, "state", key_state_to_string(KEY_STATE_DISABLED));
@@ -1221,6 +1237,12 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
                 *ret_size = (size_t) n - 28;
                 return 0;
         }
+        *ret_material = NULL;
+        if (!for_encrypt)
+                /* the hot path (every unlock): the handle comes from the vault's cache and the
+                 * token itself refuses C_DecryptInit with CKR_KEY_FUNCTION_NOT_PERMITTED when
+                 * CKA_DECRYPT was turned off there, so the flags need not be read first */
+                return vault_secret_find_cached(k->vault, label, ret_h);
         VaultKeyFlags f;
         r = vault_secret_find(k->vault, label, ret_h);
         if (r < 0)
@@ -1229,9 +1251,8 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
         if (r < 0)
                 return r;
         /* turned off in the token by someone else: refuse like a disabled key */
-        if (for_encrypt ? !f.encrypt : !f.decrypt)
+        if (!f.encrypt)
                 return -EKEYREVOKED;
-        *ret_material = NULL;
         return 0;
 }
 
@@ -1324,23 +1345,33 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         if (version == 0)
                 version = (unsigned) meta_u64(k, "current_version");
         r = key_version_prepare(k, version, false, &h, &material, &material_size);
+        if (r >= 0 && !material) {
+                r = vault_gcm_decrypt(k->vault, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
+                if (r < 0 && r != -EKEYREVOKED && r != -ENOMEM) {
+                        /* the cached handle may be stale (object gone, or the handle reused by
+                         * the token): look the version up again and try once more */
+                        vault_handles_forget(k->vault);
+                        r = key_version_prepare(k, version, false, &h, &material, &material_size);
+                        if (r >= 0)
+                                r = vault_gcm_decrypt(k->vault, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
+                }
+        }
+        /* turned off in the token by someone else: refuse like a disabled key */
         if (r == -EKEYREVOKED && version == (unsigned) meta_u64(k, "current_version"))
                 (void) key_token_disabled(m, k);
-        if (r < 0)
+        if (r < 0 || !material)
                 return r;
-        if (material) {
-                uint8_t *pt = cmek_secure_alloc(ct_size ?: 1);
-                if (!pt)
-                        return -ENOMEM;
-                r = sw_gcm(false, material, material_size, iv, aad, aad_size, ct, ct_size, pt, (uint8_t *) tag);
-                if (r < 0) {
-                        cmek_secure_free(pt);
-                        return r;
-                }
-                *ret_pt = pt;
-                return 0;
+        /* software protection: the material is ours, in locked memory */
+        uint8_t *pt = cmek_secure_alloc(ct_size ?: 1);
+        if (!pt)
+                return -ENOMEM;
+        r = sw_gcm(false, material, material_size, iv, aad, aad_size, ct, ct_size, pt, (uint8_t *) tag);
+        if (r < 0) {
+                cmek_secure_free(pt);
+                return r;
         }
-        return vault_gcm_decrypt(k->vault, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
+        *ret_pt = pt;
+        return 0;
 }
 
 static int key_fill_info(Key *k, KeyInfo *ret) {

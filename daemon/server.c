@@ -59,7 +59,9 @@ static void connection_update_events(Connection *c) {
                 return;
         if (!c->close_after_flush && !c->current && c->out_len < CONNECTION_OUTPUT_PAUSE)
                 ev |= EPOLLIN;
-        if (c->out_len > 0)
+        /* a held reply waits for the group commit, not for the socket: asking for EPOLLOUT
+         * then would wake the loop on every iteration and starve the idle-priority commit */
+        if (c->out_len > 0 && !c->held)
                 ev |= EPOLLOUT;
         (void) sd_event_source_set_io_events(c->io, ev);
 }

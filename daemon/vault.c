@@ -26,6 +26,7 @@
 
 #define PIN_MAX 256U
 #define VAULT_RETRY_USEC (5ULL * 1000000ULL)
+#define VAULT_HANDLE_CACHE_MAX 64U
 
 struct Vault {
         char *name;
@@ -45,6 +46,9 @@ struct Vault {
         uint64_t failed_usec;   /* last failed attempt (monotonic): retried at most every few seconds */
         int failed_error;
         char *reason;           /* why unavailable; NULL when usable */
+        /* label -> handle of the secret keys used for decryption (vault_secret_find_cached) */
+        struct { char *label; CK_OBJECT_HANDLE h; } handles[VAULT_HANDLE_CACHE_MAX];
+        size_t n_handles;
 };
 
 struct VaultSet {
@@ -52,9 +56,16 @@ struct VaultSet {
         size_t n;
 };
 
+void vault_handles_forget(Vault *v) {
+        for (size_t i = 0; i < v->n_handles; i++)
+                free(v->handles[i].label);
+        v->n_handles = 0;
+}
+
 static Vault *vault_free(Vault *v) {
         if (!v)
                 return NULL;
+        vault_handles_forget(v);
         if (v->have_session)
                 (void) v->module->C_CloseSession(v->session);
         if (v->module) {
@@ -181,6 +192,7 @@ static void vault_set_reason(Vault *v, const char *fmt, ...) {
 }
 
 static void vault_drop_session(Vault *v) {
+        vault_handles_forget(v);        /* a new session may come from a new C_Initialize */
         if (v->have_session)
                 (void) v->module->C_CloseSession(v->session);
         v->have_session = false;
@@ -935,6 +947,7 @@ int vault_object_destroy(Vault *v, CK_OBJECT_HANDLE h) {
         CK_RV rv;
 
         cmek_fault("vault-before-destroy-object");
+        vault_handles_forget(v);        /* a token may hand the handle out again */
         VAULT_RUN(v, s, rv, v->module->C_DestroyObject(s, h));
         return vault_rv_to_errno(rv);
 }
@@ -965,6 +978,28 @@ int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
 
         VAULT_RUN(v, s, rv, find_one(v, s, CKO_SECRET_KEY, label, ret));
         return vault_rv_to_errno(rv);
+}
+
+int vault_secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
+        char *copy;
+        int r;
+
+        for (size_t i = 0; i < v->n_handles; i++)
+                if (streq(v->handles[i].label, label)) {
+                        *ret = v->handles[i].h;
+                        return 0;
+                }
+        r = vault_secret_find(v, label, ret);
+        if (r < 0)
+                return r;
+        if (v->n_handles == VAULT_HANDLE_CACHE_MAX)
+                vault_handles_forget(v);
+        copy = strdup(label);
+        if (copy) {
+                v->handles[v->n_handles].label = copy;
+                v->handles[v->n_handles++].h = *ret;
+        }
+        return 0;
 }
 
 #define MASTER_KEY_TEMPLATE(cls, type, yes, no, label, id)                       \

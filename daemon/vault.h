@@ -60,6 +60,11 @@ typedef struct VaultKeyFlags {
 
 /* -ENOENT when no secret key has this label. */
 int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
+/* The same through a label -> handle cache, for decryption only (GCM's tag catches a handle that
+ * came to mean another key; the caller then forgets the cache and looks again). The cache is
+ * emptied when the session is lost and when any object is destroyed. */
+int vault_secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
+void vault_handles_forget(Vault *v);
 int vault_secret_generate(Vault *v, const char *label, const char *id, unsigned bytes, CK_OBJECT_HANDLE *ret);
 int vault_secret_get_flags(Vault *v, CK_OBJECT_HANDLE h, VaultKeyFlags *ret);
 /* Sets CKA_ENCRYPT/CKA_DECRYPT; -EOPNOTSUPP when the token refuses. */

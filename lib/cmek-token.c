@@ -100,19 +100,10 @@ static bool iso_time_is_valid(const char *s) {
 #define OOM() do { why = "out of memory"; r = -ENOMEM; goto out; } while (0)
 
 int cmek_token_parse(const char *json, CmekToken *ret, const char **ret_reason) {
-        CmekToken t = CMEK_TOKEN_NULL;
         json_tokener *tok = NULL;
-        json_object *o = NULL, *v;
-        const char *why = NULL, *s;
-        int64_t i64;
-        int r = 0;
-        unsigned seen = 0;
-        enum {
-                F_TYPE = 1 << 0, F_KEYSLOTS = 1 << 1, F_VERSION = 1 << 2, F_KEY_ID = 1 << 3,
-                F_KEY_VERSION = 1 << 4, F_VAULT = 1 << 5, F_ALG = 1 << 6, F_IV = 1 << 7,
-                F_CT = 1 << 8, F_TAG = 1 << 9, F_CREATED = 1 << 10,
-                F_REQUIRED = (1 << 11) - 1,
-        };
+        json_object *o = NULL;
+        const char *why = NULL;
+        int r;
 
         if (!json)
                 FAIL("no JSON");
@@ -126,7 +117,31 @@ int cmek_token_parse(const char *json, CmekToken *ret, const char **ret_reason) 
         if (!o || json_tokener_get_error(tok) != json_tokener_success ||
             json_tokener_get_parse_end(tok) != strlen(json))
                 FAIL("not valid JSON");
-        if (!json_object_is_type(o, json_type_object))
+        r = cmek_token_from_json(o, ret, &why);
+out:
+        json_object_put(o);
+        if (tok)
+                json_tokener_free(tok);
+        if (r < 0 && ret_reason)
+                *ret_reason = why;
+        return r;
+}
+
+int cmek_token_from_json(json_object *o, CmekToken *ret, const char **ret_reason) {
+        CmekToken t = CMEK_TOKEN_NULL;
+        json_object *v;
+        const char *why = NULL, *s;
+        int64_t i64;
+        int r = 0;
+        unsigned seen = 0;
+        enum {
+                F_TYPE = 1 << 0, F_KEYSLOTS = 1 << 1, F_VERSION = 1 << 2, F_KEY_ID = 1 << 3,
+                F_KEY_VERSION = 1 << 4, F_VAULT = 1 << 5, F_ALG = 1 << 6, F_IV = 1 << 7,
+                F_CT = 1 << 8, F_TAG = 1 << 9, F_CREATED = 1 << 10,
+                F_REQUIRED = (1 << 11) - 1,
+        };
+
+        if (!o || !json_object_is_type(o, json_type_object))
                 FAIL("not a JSON object");
 
         /* the type first, so a foreign token says so rather than "unknown field" */
@@ -242,9 +257,6 @@ int cmek_token_parse(const char *json, CmekToken *ret, const char **ret_reason) 
                 FAIL("\"pending_keyslot\" equals the token's keyslot");
 
 out:
-        json_object_put(o);
-        if (tok)
-                json_tokener_free(tok);
         if (r < 0) {
                 cmek_token_done(&t);
                 if (ret_reason)

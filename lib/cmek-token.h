@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <json-c/json.h>
+
 #define CMEK_TOKEN_TYPE "cmek"
 #define CMEK_TOKEN_VERSION 1            /* "cmek_version": bump on incompatible changes */
 #define CMEK_TOKEN_ALG "AES-256-GCM"
@@ -39,6 +41,8 @@ void cmek_token_done(CmekToken *t);
  * -EMEDIUMTYPE when it is another token type. On failure *ret_reason (if given) is a static
  * string saying what is wrong. */
 int cmek_token_parse(const char *json, CmekToken *ret, const char **ret_reason);
+/* The same checks on an already parsed object (the daemon gets the token inside a Varlink call). */
+int cmek_token_from_json(json_object *o, CmekToken *ret, const char **ret_reason);
 /* Same checks, nothing kept: for cryptsetup_token_validate(). */
 int cmek_token_validate(const char *json, const char **ret_reason);
 /* The on-disk JSON (plain, compact). */

@@ -86,6 +86,8 @@ log "token side: CKA_DECRYPT/CKA_ENCRYPT turned off with a PKCS#11 client is not
 n_before=$(grep -c "\"key.disabled\".*$A" "$TEST_TMP/events.jsonl")
 before=$(date +%s%N)
 "$SETUSAGE" "$MOD" cmekd-default "$PIN" "cmek:$A:v1" off >/dev/null
+# the very next unwrap is refused by the token itself (C_DecryptInit), watch or no watch
+expect_exit 6 cmekctl volume unlock "$I/a.img" --test
 for ((i = 0; i < 60; i++)); do
     [ "$(grep -c "\"key.disabled\".*$A" "$TEST_TMP/events.jsonl")" -gt "$n_before" ] && break
     sleep 0.05
