@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Load generator for bench/run: N Varlink connections to cmekd, each with one io.cmek.Volume.Unwrap
  * call in flight, for a fixed time; prints one JSON line with throughput and latency percentiles.
- * One thread and epoll, so that the generator itself costs as little CPU as possible. */
+ * One thread and epoll, so that the generator itself costs as little CPU as possible.
+ * Closed loop by default (each reply sends the next call at once); -R RATE makes it an open loop:
+ * RATE calls per second in all, each connection on its own fixed schedule, and a call's latency
+ * counted from when it was due, not when it could be sent (no coordinated omission). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +24,8 @@ typedef struct Conn {
         size_t out_off;         /* bytes of the request written */
         char *in;               /* the reply read so far */
         size_t in_len, in_cap;
+        uint64_t due_ns;        /* open loop: when the next call is due */
+        int busy;               /* a call is in flight */
 } Conn;
 
 static const char *request;
@@ -70,18 +75,19 @@ static int conn_send(Conn *c) {
 int main(int argc, char *argv[]) {
         const char *sock = NULL, *req_file = NULL;
         unsigned clients = 1;
-        double duration = 2.0, warmup = 0.5;
+        double duration = 2.0, warmup = 0.5, rate = 0;
         int opt;
 
-        while ((opt = getopt(argc, argv, "s:r:c:d:w:")) >= 0)
+        while ((opt = getopt(argc, argv, "s:r:c:d:w:R:")) >= 0)
                 switch (opt) {
                 case 's': sock = optarg; break;
                 case 'r': req_file = optarg; break;
                 case 'c': clients = (unsigned) atoi(optarg); break;
                 case 'd': duration = atof(optarg); break;
                 case 'w': warmup = atof(optarg); break;
+                case 'R': rate = atof(optarg); break;
                 default:
-                        fprintf(stderr, "usage: %s -s SOCKET -r REQUEST.json -c CLIENTS -d SECONDS [-w WARMUP]\n", argv[0]);
+                        fprintf(stderr, "usage: %s -s SOCKET -r REQUEST.json -c CLIENTS -d SECONDS [-w WARMUP] [-R RATE]\n", argv[0]);
                         return 2;
                 }
         if (!sock || !req_file || clients == 0) {
@@ -125,18 +131,40 @@ int main(int argc, char *argv[]) {
 
         uint64_t start = now_ns(), measure_from = start + (uint64_t) (warmup * 1e9),
                  end = measure_from + (uint64_t) (duration * 1e9);
+        /* open loop: connection i's calls are due every `interval`, the connections staggered */
+        uint64_t interval = rate > 0 ? (uint64_t) ((double) clients * 1e9 / rate) : 0;
         for (unsigned i = 0; i < clients; i++) {
+                conns[i].due_ns = start + interval * i / clients;
+                if (interval)
+                        continue;
                 conns[i].sent_ns = now_ns();
+                conns[i].busy = 1;
                 if (conn_send(&conns[i]) < 0)
                         return 1;
         }
 
         struct epoll_event evs[256];
         for (;;) {
-                uint64_t t = now_ns();
+                uint64_t t = now_ns(), wake = end;
                 if (t >= end)
                         break;
-                int k = epoll_wait(ep, evs, 256, (int) ((end - t) / 1000000) + 1);
+                if (interval)
+                        for (unsigned i = 0; i < clients; i++) {
+                                Conn *c = &conns[i];
+                                if (c->busy)
+                                        continue;
+                                if (c->due_ns <= t) {
+                                        c->sent_ns = c->due_ns;
+                                        c->due_ns += interval;
+                                        c->busy = 1;
+                                        c->out_off = 0;
+                                        if (conn_send(c) < 0)
+                                                return 1;
+                                } else if (c->due_ns < wake)
+                                        wake = c->due_ns;
+                        }
+                /* sub-millisecond waits: epoll_wait's timeout is in ms, so spin on 0 then */
+                int k = epoll_wait(ep, evs, 256, wake <= t ? 0 : (int) ((wake - t) / 1000000));
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -189,6 +217,10 @@ int main(int argc, char *argv[]) {
                                 size_t rest = c->in_len - (size_t) (nul + 1 - c->in);
                                 memmove(c->in, nul + 1, rest);
                                 c->in_len = rest;
+                                c->busy = 0;
+                                if (interval)
+                                        break;  /* the next call goes out when it is due */
+                                c->busy = 1;
                                 c->out_off = 0;
                                 c->sent_ns = now_ns();
                                 if (conn_send(c) < 0)
@@ -199,9 +231,9 @@ int main(int argc, char *argv[]) {
         double secs = (double) (now_ns() - measure_from) / 1e9;
         qsort(lat, n_lat, sizeof(uint64_t), cmp_u64);
 #define PCT(p) (n_lat ? (double) lat[(size_t) ((double) (n_lat - 1) * (p))] / 1000.0 : 0.0)
-        printf("{\"clients\":%u,\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"ops_per_s\":%.1f,"
+        printf("{\"clients\":%u,\"rate\":%.0f,\"ops\":%llu,\"errors\":%llu,\"seconds\":%.3f,\"ops_per_s\":%.1f,"
                "\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}\n",
-               clients, (unsigned long long) ops, (unsigned long long) errors, secs, (double) ops / secs,
+               clients, rate, (unsigned long long) ops, (unsigned long long) errors, secs, (double) ops / secs,
                PCT(0.50), PCT(0.90), PCT(0.99), PCT(0.999), n_lat ? (double) lat[n_lat - 1] / 1000.0 : 0.0);
         for (unsigned i = 0; i < clients; i++) {
                 close(conns[i].fd);
