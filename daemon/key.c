@@ -968,9 +968,17 @@ static bool key_token_usage_off(Key *k) {
         if (key_is_software(k))
                 return false;
         cur = meta_version(k, (unsigned) meta_u64(k, "current_version"));
-        if (!cur || vault_secret_find(k->vault, cmek_json_get_string(cur, "label"), &h) < 0 ||
-            vault_secret_get_flags(k->vault, h, &f) < 0)
+        if (!cur)
                 return false;
+        /* every watch tick: the cached handle spares a C_FindObjects over the whole token */
+        if (vault_secret_find_cached(k->vault, cmek_json_get_string(cur, "label"), &h) < 0)
+                return false;
+        if (vault_secret_get_flags(k->vault, h, &f) < 0) {
+                vault_handles_forget(k->vault);
+                if (vault_secret_find(k->vault, cmek_json_get_string(cur, "label"), &h) < 0 ||
+                    vault_secret_get_flags(k->vault, h, &f) < 0)
+                        return false;
+        }
         return !f.encrypt || !f.decrypt;
 }
 

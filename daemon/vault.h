@@ -60,7 +60,7 @@ typedef struct VaultKeyFlags {
 
 /* -ENOENT when no secret key has this label. */
 int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
-/* The same through a label -> handle cache, for decryption only (GCM's tag catches a handle that
+/* The same through a label -> handle cache, for decryption and reading flags only (GCM's tag catches a handle that
  * came to mean another key; the caller then forgets the cache and looks again). The cache is
  * emptied when the session is lost and when any object is destroyed. */
 int vault_secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);

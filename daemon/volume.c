@@ -38,7 +38,7 @@
 #include "volume.h"
 
 #define REGISTRY_FILE "volumes.json"
-#define WATCH_INTERVAL_DEFAULT_USEC (2ULL * 1000000ULL)
+#define WATCH_INTERVAL_DEFAULT_USEC (5ULL * 1000000ULL)
 #define REGISTRY_MAX (64U * 1024U * 1024U)
 
 /* The LUKS2 layout cmekd formats: 16 KiB JSON areas (x2) and a 4 MiB - 32 KiB keyslot area,
