@@ -27,6 +27,8 @@ for r in d["unwrap_load"]:
     assert r["ops"] > 0 and r["errors"] == 0, r
     assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"], r
     assert 0 < r["daemon_peak_rss_kib"] < 4 * 1024 * 1024, r
+assert 0 < d["token_cost"]["decrypt_us"] < 100000, d.get("token_cost")
+assert any(r.get("rate") for r in d["unwrap_load"]), "no open-loop level"
 assert len(d["rewrap"]) >= 2 and all(e["seconds"] > 0 for e in d["rewrap"]), d["rewrap"]
 assert d["idle"]["rss_kib"] > 0, d["idle"]
 assert d["targets"], "no targets evaluated"
