@@ -69,7 +69,9 @@ LABELS = {
     "keyfile_default": "key-file slot (PBKDF2 1000 it) on a default-formatted volume",
     "cmek_bind": "**cmek token, `cmekctl volume bind` on that default-formatted volume**",
     "systemd_pkcs11": "systemd-cryptenroll PKCS#11 token (SoftHSM2 RSA-2048), same default volume",
-    "clevis_tang": "Clevis + Tang on 127.0.0.1 (`clevis luks pass -s SLOT` piped to cryptsetup), same volume",
+    "clevis_unlock": "Clevis + Tang on 127.0.0.1, what `clevis luks unlock` runs (its dm step as `--test-passphrase`), same volume",
+    "clevis_tang": "Clevis + Tang on 127.0.0.1, `clevis luks pass -s SLOT` piped to `cryptsetup open --key-slot SLOT`, same volume",
+    "clevis_decrypt": "Clevis + Tang on 127.0.0.1, the key source alone (`clevis decrypt` of the slot's JWE, slot named), same volume",
     "argon2_passphrase": "passphrase slot, Debian default Argon2id (calibrated), same volume",
     "process_startup": "(reference: starting /bin/true from the shell)",
 }
@@ -81,7 +83,8 @@ if "unlock" in raw:
                    "p90_ms": round(pct(xs, .9), 2), "min_ms": round(min(xs), 2), "max_ms": round(max(xs), 2)}
     res["unlock"] = u
     order = [k for k in LABELS if k in u]
-    comps = [k for k in ("floor", "keyfile_default", "systemd_pkcs11", "clevis_tang", "argon2_passphrase") if k in u]
+    comps = [k for k in ("floor", "keyfile_default", "systemd_pkcs11", "clevis_unlock", "clevis_tang", "clevis_decrypt",
+                         "argon2_passphrase") if k in u]
     md += ["## 1. Unlock cost (`cryptsetup open --test-passphrase`, one 64 MiB sparse LUKS2 image file)", "",
            f"Median of {a.rounds} rounds, every method once per round in rotating order; spread p10-p90 and min-max. "
            "Ratios: how many times slower than the cmek token (`volume create` row: vs the create volume; other "
@@ -107,7 +110,7 @@ if "unlock" in raw:
         r = u["cmek_bind"]["median_ms"] / u["keyfile_default"]["median_ms"]
         targets.append(("`volume bind`-ed default volume within 1.15x of a key-file slot on it",
                         f"{r:.2f}x ({u['cmek_bind']['median_ms']:.1f} vs {u['keyfile_default']['median_ms']:.1f} ms)", r <= 1.15))
-    for k in ("systemd_pkcs11", "clevis_tang"):
+    for k in ("systemd_pkcs11", "clevis_unlock", "clevis_tang", "clevis_decrypt"):
         if k in u and "cmek_create" in u:
             res["unlock"][k]["ratio_to_cmek_create"] = round(u[k]["median_ms"] / u["cmek_create"]["median_ms"], 2)
     if "unlock_failed" in raw:
