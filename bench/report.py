@@ -235,7 +235,7 @@ if "revoke" in raw or "revoke_skipped" in raw or "revoke_failed" in raw:
     if rows:
         md += [f"Measured {where}: N volumes (16 MiB sparse image files on loop devices, opened by cmekd) on one key, "
                "cmekd restarted with `[enforcement] on-disable = suspend` or `close`. Timed from just before `cmekctl key "
-               "disable` starts to when an observer polling device-mapper (every ~1 ms) sees the last mapping suspended "
+               "disable` starts to when an observer polling device-mapper (1 ms pause between polls) sees the last mapping suspended "
                "with an all-zero key field (suspend) or gone (close); between rounds the key is enabled and the mappings "
                "put back with `cmekctl volume restore --key` (timed too). The daemon's own figures are from its log: "
                "key load and authorization before the locking pass, the pass itself, the whole request (which also "
@@ -259,8 +259,11 @@ if "revoke" in raw or "revoke_skipped" in raw or "revoke_failed" in raw:
         md += [f"**Failed:** {k}" + (" (the rows above are the rounds before it)." if rows else "."), ""]
     for k in raw.get("revoke_skipped", {}):
         md += [f"Not measured: {k}.", ""]
+    why = "; ".join(list(raw.get("revoke_failed", {})) + list(raw.get("revoke_skipped", {})))
     if not rows:
-        revoke_note = "not measured: " + "; ".join(list(raw.get("revoke_failed", {})) + list(raw.get("revoke_skipped", {})))
+        revoke_note = "not measured: " + why
+    elif not any(r["mappings"] == 50 for r in rows):
+        revoke_note = f"N = 50 not measured (largest N: {max(r['mappings'] for r in rows)})" + (f"; {why}" if why else "")
 
 # ---- idle ----
 if "idle" in raw:
