@@ -1505,6 +1505,112 @@ static char *mapping_users(const char *name) {
         return buf;
 }
 
+/* Every dm-crypt mapping of a LUKS2 volume, whoever opened it: cmekd, the token plugin at boot
+ * (crypttab, systemd-cryptsetup), udev, cryptsetup by hand. libcryptsetup gives the mapping the
+ * device-mapper UUID "CRYPT-LUKS2-<volume UUID without dashes>-<name>", which sysfs shows next to
+ * the name. One scan of /sys/block serves every lookup for a second. */
+static struct {
+        char **uuids, **names;
+        size_t n;
+        uint64_t usec;
+} dm_scan;
+
+static void dm_scan_clear(void) {
+        for (size_t i = 0; i < dm_scan.n; i++) {
+                free(dm_scan.uuids[i]);
+                free(dm_scan.names[i]);
+        }
+        free(dm_scan.uuids);
+        free(dm_scan.names);
+        dm_scan.uuids = dm_scan.names = NULL;
+        dm_scan.n = 0;
+        dm_scan.usec = 0;
+}
+
+static char *sysfs_line(const char *dev, const char *attr) {
+        char path[PATH_MAX], *buf = NULL;
+        size_t n = 0;
+
+        (void) snprintf(path, sizeof(path), "/sys/block/%s/dm/%s", dev, attr);
+        if (cmek_read_file(path, 4096, &buf, &n) < 0)
+                return NULL;
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == 0))
+                buf[--n] = 0;
+        return buf;
+}
+
+static void dm_scan_refresh(bool force) {
+        uint64_t now = cmek_monotonic_usec();
+        DIR *d;
+        struct dirent *de;
+
+        if (!force && dm_scan.usec && now - dm_scan.usec < 1000000ULL)
+                return;
+        dm_scan_clear();
+        dm_scan.usec = now;
+        d = opendir("/sys/block");
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                char *uuid, *name, **u, **nm;
+                if (strncmp(de->d_name, "dm-", 3) != 0)
+                        continue;
+                uuid = sysfs_line(de->d_name, "uuid");
+                name = uuid && strncmp(uuid, "CRYPT-LUKS2-", 12) == 0 ? sysfs_line(de->d_name, "name") : NULL;
+                u = name ? reallocarray(dm_scan.uuids, dm_scan.n + 1, sizeof(char *)) : NULL;
+                if (u)
+                        dm_scan.uuids = u;
+                nm = u ? reallocarray(dm_scan.names, dm_scan.n + 1, sizeof(char *)) : NULL;
+                if (!nm) {
+                        free(uuid);
+                        free(name);
+                        continue;
+                }
+                dm_scan.names = nm;
+                dm_scan.uuids[dm_scan.n] = uuid;
+                dm_scan.names[dm_scan.n++] = name;
+        }
+        closedir(d);
+}
+
+/* The name of an active mapping of the volume, or NULL. */
+static const char *mapping_find_by_uuid(const char *uuid, bool fresh) {
+        char prefix[sizeof("CRYPT-LUKS2-") + 40];
+        size_t k = strlen("CRYPT-LUKS2-");
+
+        if (!uuid)
+                return NULL;
+        memcpy(prefix, "CRYPT-LUKS2-", k);
+        for (const char *c = uuid; *c && k < sizeof(prefix) - 2; c++)
+                if (*c != '-')
+                        prefix[k++] = *c;
+        prefix[k++] = '-';
+        prefix[k] = 0;
+        dm_scan_refresh(fresh);
+        for (size_t i = 0; i < dm_scan.n; i++)
+                if (strncmp(dm_scan.uuids[i], prefix, k) == 0)
+                        return dm_scan.names[i];
+        return NULL;
+}
+
+/* A bound volume opened outside cmekd (at boot through crypttab and the token plugin, by udev,
+ * by hand) is enforced like one cmekd opened: its mapping is adopted. 1 when adopted. */
+static int volume_adopt_mapping(Volume *v, bool fresh) {
+        const char *name;
+
+        if (v->state != VOLUME_BOUND || v->lock != VOLUME_LOCK_NONE)
+                return 0;
+        if (v->mapping && crypt_status(NULL, v->mapping) >= CRYPT_ACTIVE)
+                return 0;
+        name = mapping_find_by_uuid(v->uuid, fresh);
+        if (!name || streq_ptr(name, v->mapping))
+                return 0;
+        if (set_str(&v->mapping, name) < 0)
+                return -ENOMEM;
+        log_info("Volume %s (%s) is open as '%s', opened outside cmekd: enforcing it too.", v->path, v->uuid, name);
+        return 1;
+}
+
 /* The open count of a mapping from device-mapper; -ENODEV when it does not exist. Asking first
  * spares libcryptsetup's remove retries (a second each) on a busy device. */
 static int mapping_open_count(const char *name, bool *ret_suspended) {
@@ -1590,28 +1696,41 @@ static void volume_set_locked(Volume *v, VolumeLock lock) {
         }
 }
 
-/* Locks one mapping: no token access, no registry write, no event (the caller does those once
- * for all volumes of the key). Returns 1 when it locked something, 0 when there was nothing. */
-static int volume_lock_mapping(Volume *v, OnDisable how) {
-        _cleanup_crypt_ struct crypt_device *cd = NULL;
-        int open_count, r;
+/* Locks one mapping: suspended without flushing (I/O held, nothing lost) and its key wiped from
+ * the kernel; no token access, no registry write, no event (the caller does those once for all
+ * volumes of the key). Returns 1 when it locked something, 0 when there was nothing. */
+static int volume_lock_mapping(Volume *v) {
+        int r;
 
         if (!v->mapping || v->lock != VOLUME_LOCK_NONE)
                 return 0;
         if (set_str(&v->restore_name, v->mapping) < 0)
                 return -ENOMEM;
-        open_count = mapping_open_count(v->mapping, NULL);
-        if (open_count == -ENODEV) {
+        if (mapping_open_count(v->mapping, NULL) == -ENODEV) {
                 /* closed behind our back: nothing in the kernel to lock, re-open on restore */
                 volume_set_locked(v, VOLUME_LOCK_CLOSED);
                 return 1;
         }
-        if (how == ON_DISABLE_SUSPEND) {
-                r = mapping_suspend_wipe(v->mapping);
-                if (r < 0)
-                        return r;
-                volume_set_locked(v, VOLUME_LOCK_SUSPENDED);
-                return 1;
+        r = mapping_suspend_wipe(v->mapping);
+        if (r < 0)
+                return r;
+        volume_set_locked(v, VOLUME_LOCK_SUSPENDED);
+        return 1;
+}
+
+/* on-disable=close, after every mapping of the key is locked (removing one costs tens of ms in
+ * the kernel, so the keys of all of them leave first): an idle mapping is removed, a busy one
+ * marked for deferred removal (the kernel removes it when its last user closes it). */
+static int volume_close_locked(Volume *v) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        int open_count, r;
+
+        if (v->lock != VOLUME_LOCK_SUSPENDED || !v->mapping)
+                return 0;
+        open_count = mapping_open_count(v->mapping, NULL);
+        if (open_count == -ENODEV) {
+                volume_set_locked(v, VOLUME_LOCK_CLOSED);
+                return 0;
         }
         r = crypt_init_by_name(&cd, v->mapping);
         if (r < 0)
@@ -1620,26 +1739,16 @@ static int volume_lock_mapping(Volume *v, OnDisable how) {
                 r = crypt_deactivate_by_name(cd, v->mapping, 0);
                 if (r >= 0) {
                         volume_set_locked(v, VOLUME_LOCK_CLOSED);
-                        return 1;
+                        return 0;
                 }
                 if (r != -EBUSY)
                         return r;
         }
-        /* the volume key leaves the kernel now, whatever happens to the mapping later */
-        r = crypt_suspend(cd, v->mapping);
+        r = crypt_deactivate_by_name(cd, v->mapping, CRYPT_DEACTIVATE_DEFERRED);
         if (r < 0)
                 return r;
-        volume_set_locked(v, VOLUME_LOCK_SUSPENDED);
-        if (how == ON_DISABLE_CLOSE) {
-                /* still open: removed by the kernel when the last user closes it */
-                r = crypt_deactivate_by_name(cd, v->mapping, CRYPT_DEACTIVATE_DEFERRED);
-                if (r >= 0)
-                        volume_set_locked(v, VOLUME_LOCK_CLOSING);
-                else
-                        log_warning_errno(r, "Mapping '%s' is suspended but could not be marked for deferred removal: %m",
-                                          v->mapping);
-        }
-        return 1;
+        volume_set_locked(v, VOLUME_LOCK_CLOSING);
+        return 0;
 }
 
 static OnDisable key_on_disable(Manager *m, const char *key_id) {
@@ -1684,14 +1793,18 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
         _cleanup_free_ bool *locked = calloc(reg->n + 1, sizeof(bool));
         const char *key_state = key_state_to_string(state);
         unsigned n_locked = 0, n_failed = 0;
-        uint64_t t0, t1;
+        uint64_t t0, t1, t2;
         OnDisable how;
         bool any = false;
 
-        for (size_t i = 0; i < reg->n; i++)
-                if (streq_ptr(reg->volumes[i]->key_id, key_id) && reg->volumes[i]->mapping &&
-                    reg->volumes[i]->lock == VOLUME_LOCK_NONE)
+        for (size_t i = 0; i < reg->n; i++) {
+                if (!streq_ptr(reg->volumes[i]->key_id, key_id))
+                        continue;
+                /* the mappings opened by the plugin at boot or by hand count as much as ours */
+                (void) volume_adopt_mapping(reg->volumes[i], /* fresh= */ !any);
+                if (reg->volumes[i]->mapping && reg->volumes[i]->lock == VOLUME_LOCK_NONE)
                         any = true;
+        }
         if (!any || !locked)
                 return;
         how = key_on_disable(m, key_id);
@@ -1702,7 +1815,7 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
 
                 if (!streq_ptr(v->key_id, key_id))
                         continue;
-                r = volume_lock_mapping(v, how);
+                r = volume_lock_mapping(v);
                 if (r < 0) {
                         n_failed++;
                         log_error_errno(r, "Failed to lock the mapping '%s' of %s: %m", strempty(v->mapping), v->path);
@@ -1713,8 +1826,22 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
                 }
         }
         t1 = cmek_monotonic_usec();
-        log_notice("Key %s is %s: %u mapping(s) locked (%s) in %llu ms%s.", key_id, key_state, n_locked,
-                   on_disable_to_string(how), (unsigned long long) ((t1 - t0) / 1000),
+        if (how == ON_DISABLE_CLOSE)
+                for (size_t i = 0; i < reg->n; i++) {
+                        int r;
+                        if (!locked[i])
+                                continue;
+                        r = volume_close_locked(reg->volumes[i]);
+                        if (r < 0)
+                                log_warning_errno(r, "Mapping '%s' is suspended with its key wiped but could not be closed: %m",
+                                                  strempty(reg->volumes[i]->mapping));
+                }
+        t2 = cmek_monotonic_usec();
+        char closed[64] = "";
+        if (how == ON_DISABLE_CLOSE)
+                (void) snprintf(closed, sizeof(closed), ", closed in %llu ms more", (unsigned long long) ((t2 - t1) / 1000));
+        log_notice("Key %s is %s: %u mapping(s) locked (%s) in %llu ms%s%s.", key_id, key_state, n_locked,
+                   on_disable_to_string(how), (unsigned long long) ((t1 - t0) / 1000), closed,
                    n_failed ? ", some failed" : "");
         (void) volume_registry_save(m);
         for (size_t i = 0; i < reg->n; i++) {
@@ -2165,6 +2292,7 @@ void volumes_done(Manager *m) {
         if (!reg)
                 return;
         sd_event_source_disable_unref(reg->watch);
+        dm_scan_clear();
         for (size_t i = 0; i < reg->n; i++)
                 volume_free(reg->volumes[i]);
         free(reg->volumes);
@@ -2195,6 +2323,8 @@ json_object *volume_to_json(Manager *m, Volume *v, bool with_header) {
                 json_object_object_add(o, "key_state", json_object_new_string(
                                        v->state == VOLUME_BOUND ? "UNKNOWN" : "DELETED"));
         json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
+        if (volume_adopt_mapping(v, false) > 0)
+                (void) volume_registry_save(m);
         json_object_object_add(o, "mapped", json_object_new_boolean(mapping_active(v->mapping)));
         {
                 _cleanup_free_ char *why = NULL, *users = NULL;

@@ -33,7 +33,7 @@ daemon_figures() { # KEY_ID: load_ms, pass_ms, req_ms of its latest disable from
     l=$(grep "Key $1: disable request: key loaded" "$TEST_TMP/cmekd.log" | tail -1)
     load_ms=$(sed -n 's/.*authorized in \([0-9]*\) ms.*/\1/p' <<<"$l")
     req_ms=$(sed -n 's/.*handled in \([0-9]*\) ms.*/\1/p' <<<"$l")
-    pass_ms=$(grep "Key $1 is DISABLED: .* mapping(s) locked" "$TEST_TMP/cmekd.log" | tail -1 | sed -n 's/.* in \([0-9]*\) ms.*/\1/p')
+    pass_ms=$(grep "Key $1 is DISABLED: .* mapping(s) locked" "$TEST_TMP/cmekd.log" | tail -1 | sed -n 's/.*locked ([a-z]*) in \([0-9]*\) ms.*/\1/p')
     [ -n "$load_ms" ] && [ -n "$req_ms" ] && [ -n "$pass_ms" ] || fail "no disable figures for $1 in the daemon's log"
 }
 HOOKS=$TEST_TMP/hooks
@@ -98,6 +98,12 @@ for v in $VOLS_A b1 $VOLS_C; do
     cmekctl volume create "$I/$v.img" --key "$k" --size 32M --strict --name "$N-$v" >/dev/null
     on_exit "cryptsetup close --deferred $N-$v 2>/dev/null; dmsetup resume $N-$v 2>/dev/null; cryptsetup close $N-$v 2>/dev/null"
 done
+# ap: bound to A but opened through the token plugin, as crypttab does at boot: cmekd did not
+# open it, and locks it all the same
+install_token_plugin
+cmekctl volume create "$I/ap.img" --key "$A" --size 32M --strict >/dev/null
+cryptsetup open --token-only --token-type cmek "$I/ap.img" "$N-ap" || fail "the token plugin could not open ap"
+on_exit "dmsetup resume $N-ap 2>/dev/null; cryptsetup close $N-ap 2>/dev/null"
 head -c $((4 << 20)) /dev/urandom >"$TEST_TMP/p1"
 head -c $((4 << 20)) /dev/urandom >"$TEST_TMP/p2"
 cat "$TEST_TMP/p1" "$TEST_TMP/p2" >"$TEST_TMP/p12"
@@ -153,7 +159,7 @@ cmekctl key disable "$A" >/dev/null &
 DISPID=$!
 locked_at=
 for ((i = 0; i < 400; i++)); do
-    all_suspended "$N-a1" "$N-a2" "$N-a3" && { locked_at=$(ms); break; }
+    all_suspended "$N-a1" "$N-a2" "$N-a3" "$N-ap" && { locked_at=$(ms); break; }
 done
 wait $DISPID || fail "cmekctl key disable failed"
 t_reply=$(ms)
@@ -178,7 +184,7 @@ log "LATENCY suspend (daemon, 3 mappings): request received -> locked $((load_ms
 # from the shell it includes starting cmekctl: seconds under TCG on a loaded host (8 s seen in
 # the sanitizer build), so only a sanity bound here
 [ $((ev_ms - t0)) -lt 30000 ] || fail "key disable -> locked took $((ev_ms - t0)) ms"
-for v in $VOLS_A; do
+for v in $VOLS_A ap; do
     kf=$(key_field "$N-$v")
     log "$v after: $(dmsetup info "$N-$v" | sed -n 's/^State: *//p'), key field: $(describe_key "$kf")"
     case "$kf" in *[1-9a-f]*|:*) fail "$v: key material still in the table: $(describe_key "$kf")" ;; esac
@@ -203,7 +209,8 @@ for v in $VOLS_A; do is_suspended "$N-$v" || fail "$v resumed by itself after ke
 assert_contains "$(cmekctl volume show "$I/a1.img" --json)" "volume restore"
 log "volume restore --key A resumes them; the writers finish"
 cmekctl volume restore --key "$A" >"$TEST_TMP/out" || { cat "$TEST_TMP/out"; fail "restore failed"; }
-assert_contains "$(cat "$TEST_TMP/out")" "3 restored, 0 failed"
+assert_contains "$(cat "$TEST_TMP/out")" "4 restored, 0 failed"
+is_suspended "$N-ap" && fail "ap (opened by the plugin) still suspended after restore"
 for v in $VOLS_A; do
     is_suspended "$N-$v" && fail "$v still suspended after restore"
     w=W_$v; wait "${!w}" || fail "the writer on $v failed after restore"
