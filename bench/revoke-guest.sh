@@ -125,28 +125,36 @@ for n in names:
         sys.exit(f"{n}: not a live keyed mapping before the disable: {s}")
 print("ready", flush=True)
 t_end = time.time_ns() + limit_ms * 1000000
-left, first, suspended, polls = set(names), None, None, 0
-unsusp = set(names)
-while left:
+# locked: the key is out of the kernel (suspended with an all-zero key field, or gone); in close
+# mode the observer goes on until every mapping is gone
+left, first, suspended, polls, gone_at, locked_at = set(names), None, None, 0, 0, None
+unsusp, present = set(names), set(names)
+while left or (mode == "close" and present):
     polls += 1
-    for n in list(left):
+    for n in list(present):
         s = state(n)
         if s is not None and s[0]:
             unsusp.discard(n)
-        if s is None or (mode == "suspend" and s[0] and s[1]):
+        if s is None or (s[0] and s[1]):
             left.discard(n)
             unsusp.discard(n)
+        if s is None:
+            present.discard(n)
     now = time.time_ns()
     if first is None and len(left) < len(names):
         first = now
     if suspended is None and not unsusp:
         suspended = now
-    if not left:
+    if not left and locked_at is None:
+        locked_at = now
+    if not present:
+        gone_at = now
+    if not left and (mode != "close" or not present):
         break
     if now > t_end:
         sys.exit(f"{len(left)} of {len(names)} mapping(s) not locked after {limit_ms} ms ({len(unsusp)} not even suspended)")
     time.sleep(pause)
-print(first // 1000, suspended // 1000, now // 1000, polls, flush=True)
+print(first // 1000, suspended // 1000, locked_at // 1000, polls, gone_at // 1000, flush=True)
 PY
 daemon_figures() { # KEY N MODE: sets D_LOAD D_REQ D_PASS D_LOCKED from the latest lines
     local l
@@ -154,7 +162,7 @@ daemon_figures() { # KEY N MODE: sets D_LOAD D_REQ D_PASS D_LOCKED from the late
     D_LOAD=$(sed -n 's/.*authorized in \([0-9]*\) ms.*/\1/p' <<<"$l")
     D_REQ=$(sed -n 's/.*handled in \([0-9]*\) ms.*/\1/p' <<<"$l")
     l=$(grep "Key $1 is DISABLED: .* mapping(s) locked ($3)" "$LOG" | tail -1)
-    D_PASS=$(sed -n 's/.* in \([0-9]*\) ms.*/\1/p' <<<"$l")
+    D_PASS=$(sed -n 's/.*locked ([a-z]*) in \([0-9]*\) ms.*/\1/p' <<<"$l")
     D_LOCKED=$(sed -n 's/.*DISABLED: \([0-9]*\) mapping(s).*/\1/p' <<<"$l")
     [ -n "$D_LOAD" ] && [ -n "$D_REQ" ] && [ -n "$D_PASS" ] || die "no disable figures for $1 in the daemon's log"
     [ "$D_LOCKED" = "$2" ] || die "the daemon locked $D_LOCKED mapping(s), not $2: $l"
@@ -203,7 +211,7 @@ for mode in "${MODES[@]}"; do
             t0=$(now_us)
             ( "$CMEKCTL" key disable "$KEY" >/dev/null 2>"$W/ctl.err"; echo "$? ${EPOCHREALTIME/./}" >"$W/ret" ) &
             CTL=$!
-            read -r first t_susp t_locked polls <&$OBSFD || { wait "$CTL"; die "$mode N=$N round $r: $(cat "$W/obs.err")"; }
+            read -r first t_susp t_locked polls t_gone <&$OBSFD || { wait "$CTL"; die "$mode N=$N round $r: $(cat "$W/obs.err")"; }
             wait "$CTL"
             wait "$obs_pid" 2>/dev/null
             exec {OBSFD}<&-
@@ -218,7 +226,8 @@ for mode in "${MODES[@]}"; do
             grep -q "$N restored, 0 failed" <<<"$out" || die "restore: $out"
             line="{\"mode\":\"$mode\",\"n\":$N,\"round\":$r,\"locked_ms\":$(ms_since "$t0" "$t_locked")"
             line+=",\"first_ms\":$(ms_since "$t0" "$first")"
-            [ "$mode" = close ] || line+=",\"all_suspended_ms\":$(ms_since "$t0" "$t_susp")"
+            line+=",\"all_suspended_ms\":$(ms_since "$t0" "$t_susp")"
+            [ "$mode" != close ] || line+=",\"closed_ms\":$(ms_since "$t0" "$t_gone")"
             line+=",\"cmekctl_ms\":$(ms_since "$t0" "$t_ret"),\"daemon_load_ms\":$D_LOAD,\"daemon_pass_ms\":$D_PASS"
             line+=",\"daemon_request_ms\":$D_REQ,\"polls\":$polls,\"restore_ms\":$restore_ms}"
             emit "$line"
