@@ -1118,6 +1118,8 @@ int volume_activate(Manager *m, Volume *v, const char *name) {
         return r < 0 ? r : 0;
 }
 
+static void dm_scan_invalidate(void);
+
 int volume_deactivate(Manager *m, Volume *v) {
         int r;
 
@@ -1126,6 +1128,7 @@ int volume_deactivate(Manager *m, Volume *v) {
         r = crypt_deactivate(NULL, v->mapping);
         if (r < 0 && r != -ENODEV)
                 return r;
+        dm_scan_invalidate();
         free(v->mapping);
         v->mapping = NULL;
         v->suspended = false;
@@ -1527,6 +1530,10 @@ static void dm_scan_clear(void) {
         dm_scan.usec = 0;
 }
 
+static void dm_scan_invalidate(void) {
+        dm_scan.usec = 0;       /* the next lookup scans again */
+}
+
 static char *sysfs_line(const char *dev, const char *attr) {
         char path[PATH_MAX], *buf = NULL;
         size_t n = 0;
@@ -1603,7 +1610,8 @@ static int volume_adopt_mapping(Volume *v, bool fresh) {
         if (v->mapping && crypt_status(NULL, v->mapping) >= CRYPT_ACTIVE)
                 return 0;
         name = mapping_find_by_uuid(v->uuid, fresh);
-        if (!name || streq_ptr(name, v->mapping))
+        /* the scan may be up to a second old: the mapping must still be there */
+        if (!name || streq_ptr(name, v->mapping) || crypt_status(NULL, name) < CRYPT_ACTIVE)
                 return 0;
         if (set_str(&v->mapping, name) < 0)
                 return -ENOMEM;

@@ -2,7 +2,10 @@
 /* cmekctl volume ...: create, bind, unbind, unlock, lock, restore, rewrap, list, show, scan. */
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <openssl/evp.h>
 
 #include "cmek-secmem.h"
@@ -12,6 +15,26 @@ enum {
         OPT_KEY = 0x100, OPT_SIZE, OPT_NAME, OPT_STRICT, OPT_FORCE, OPT_RECOVERY_STDIN, OPT_UNLOCK_KEY_FILE,
         OPT_UNLOCK_STDIN, OPT_REMOVE_SLOT, OPT_TEST, OPT_NEW_SECRET,
 };
+
+/* cmekd resolves a relative path in its own working directory (/ under systemd), not ours: send
+ * a path the caller can see as an absolute one. A DEVICE that is no file here (a UUID, a mapping
+ * name) goes as given; a PATH that does not exist yet (volume create) is made absolute too. */
+static json_object *path_arg(const char *arg, bool must_exist) {
+        char *abs = NULL, *cwd;
+        json_object *o;
+
+        if (arg[0] == '/' || (must_exist && access(arg, F_OK) < 0))
+                return json_object_new_string(arg);
+        abs = realpath(arg, NULL);
+        if (!abs && (cwd = getcwd(NULL, 0))) {
+                if (asprintf(&abs, "%s/%s", cwd, arg) < 0)
+                        abs = NULL;
+                free(cwd);
+        }
+        o = json_object_new_string(abs ?: arg);
+        free(abs);
+        return o;
+}
 
 static int usage_error(const char *verb, const char *usage) {
         fprintf(stderr, "Usage: cmekctl volume %s %s\n", verb, usage);
@@ -177,7 +200,7 @@ static int verb_create(int argc, char *argv[]) {
                 json_object_put(p);
                 return usage_error("create", usage);
         }
-        json_object_object_add(p, "path", json_object_new_string(argv[optind]));
+        json_object_object_add(p, "path", path_arg(argv[optind], false));
         if (recovery) {
                 _cleanup_secure_ void *s = NULL;
                 size_t n;
@@ -240,7 +263,7 @@ static int verb_bind(int argc, char *argv[]) {
                 json_object_put(p);
                 return usage_error("bind", usage);
         }
-        json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+        json_object_object_add(p, "device", path_arg(argv[optind], true));
         if (key_file) {
                 _cleanup_fclose_ FILE *f = fopen(key_file, "re");
                 if (!f || read_secret(f, false, &s, &n) < 0) {
@@ -284,7 +307,7 @@ static int verb_unbind(int argc, char *argv[]) {
                 json_object_put(p);
                 return usage_error("unbind", "DEVICE [--remove-slot]");
         }
-        json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+        json_object_object_add(p, "device", path_arg(argv[optind], true));
         json_object_object_add(p, "remove_slot", json_object_new_boolean(remove));
         k = ctl_call("io.cmek.Volume.Unbind", p, &r);
         json_object_put(p);
@@ -321,7 +344,7 @@ static int verb_unlock(int argc, char *argv[]) {
                 json_object_put(p);
                 return usage_error("unlock", "DEVICE [--name NAME] [--test]");
         }
-        json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+        json_object_object_add(p, "device", path_arg(argv[optind], true));
         json_object_object_add(p, "test", json_object_new_boolean(test));
         k = ctl_call("io.cmek.Volume.Unlock", p, &r);
         json_object_put(p);
@@ -361,7 +384,7 @@ static int verb_simple(int argc, char *argv[], const char *method, const char *u
                 json_object_put(p);
                 return usage_error(argv[0], usage);
         }
-        json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+        json_object_object_add(p, "device", path_arg(argv[optind], true));
         k = ctl_call(method, p, &r);
         json_object_put(p);
         if (k != 0)
@@ -400,7 +423,7 @@ static int verb_restore(int argc, char *argv[]) {
         if (key)
                 json_object_object_add(p, "key", json_object_new_string(key));
         else
-                json_object_object_add(p, "device", json_object_new_string(argv[optind]));
+                json_object_object_add(p, "device", path_arg(argv[optind], true));
         k = ctl_call("io.cmek.Volume.Restore", p, &r);
         json_object_put(p);
         if (k != 0)
@@ -522,7 +545,7 @@ static int verb_rewrap(int argc, char *argv[]) {
                 }
                 devs = json_object_new_array();
                 for (int i = optind; i < argc; i++)
-                        json_object_array_add(devs, json_object_new_string(argv[i]));
+                        json_object_array_add(devs, path_arg(argv[i], true));
                 json_object_object_add(p, "devices", devs);
         }
         k = ctl_call_more("io.cmek.Volume.Rewrap", p, on_rewrap_reply, &s);
@@ -572,7 +595,7 @@ static int verb_scan(int argc, char *argv[]) {
         p = json_object_new_object();
         a = json_object_new_array();
         for (int i = optind; i < argc; i++)
-                json_object_array_add(a, json_object_new_string(argv[i]));
+                json_object_array_add(a, path_arg(argv[i], true));
         json_object_object_add(p, "paths", a);
         k = ctl_call("io.cmek.Volume.Scan", p, &r);
         json_object_put(p);

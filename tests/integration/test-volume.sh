@@ -133,6 +133,12 @@ assert_contains "$out" "$K1"
 cmekctl volume unlock --test "$I/a.img" >/dev/null
 cmekctl volume list --json | python3 -c 'import json,sys; vs=json.load(sys.stdin)["volumes"]; assert all("EncryptionKeyStatus" in v and "EncryptionKeyType" in v for v in vs), vs'
 
+log "relative paths are the caller's, not the daemon's (its working directory is / under systemd)"
+mkdir -p "$I/rel"
+(cd "$I/rel" && cmekctl volume create rel.img --key "$K1" --size 16M >/dev/null) || fail "volume create with a relative path failed"
+[ "$(vshow "$I/rel/rel.img" path)" = "$(readlink -f "$I/rel/rel.img")" ] || fail "the registry does not hold the absolute path: $(vshow "$I/rel/rel.img" path)"
+(cd "$I" && cmekctl volume unlock --test rel/rel.img >/dev/null) || fail "unlock with a relative path failed"
+
 log "audit: key.used and volume events recorded"
 grep -q '"key.used"' "$STATE"/audit* 2>/dev/null || grep -rq 'key.used' "$STATE" || fail "no key.used audit entry"
 log "ok"
