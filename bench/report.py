@@ -50,6 +50,7 @@ machine = {
     "fs_tmp": sh("df -T /tmp | awk 'NR==2 {print $2}'"),
     "cryptsetup": pkg("cryptsetup-bin"), "softhsm2": pkg("softhsm2"), "systemd": pkg("systemd"),
     "clevis": pkg("clevis"), "tang": pkg("tang"), "openssl": pkg("libssl3"),
+    "commit": sh(f"git -C '{here}' describe --always --dirty 2>/dev/null"),
 }
 res = {"machine": machine, "quick": a.quick == "1", "rounds": int(a.rounds)}
 md = []
@@ -57,7 +58,8 @@ title = "cmekd benchmark results" + (" (--quick smoke run: not representative)" 
 md += [f"# {title}", "",
        f"Run {machine['date']} on {machine['cpus']} vCPU ({machine['cpu']}), {machine['mem_mib']} MiB, "
        f"{machine['os']}, kernel {machine['kernel']}, /tmp on {machine['fs_tmp']}; cryptsetup {machine['cryptsetup']}, "
-       f"softhsm2 {machine['softhsm2']}, systemd {machine['systemd']}, clevis {machine['clevis']}, tang {machine['tang']}. "
+       f"softhsm2 {machine['softhsm2']}, systemd {machine['systemd']}, clevis {machine['clevis']}, tang {machine['tang']}"
+       + (f"; cmekd at commit {machine['commit']}" if machine.get("commit") else "") + ". "
        "Method: [METHOD.md](../METHOD.md). Produced by `bench/run`; edit nothing here by hand "
        "(the analysis section comes from `bench/analysis.md`).", ""]
 targets = []
