@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # vm-boot-hotplug.test, boot (a): the /etc/crypttab volume bound to an ENABLED key was attached
 # during boot by systemd-cryptsetup through the cmek token plugin (no key file, headless), its
-# ext4 mounted through /etc/fstab; udev marked it bound but left it to crypttab.
+# ext4 mounted through /etc/fstab; udev marked it bound but left it to crypttab; key disable locks
+# that mapping (cmekd did not open it) and volume restore brings it back.
 . "$(dirname "$0")/guest-boot-lib.sh"
 unit=systemd-cryptsetup@cmekvol.service
 
@@ -44,4 +45,22 @@ grep -q '^CMEK_ATTACH=' <<<"$props" && fail "$dev: CMEK_ATTACH set for a cryptta
 st=$(systemctl is-active "cmek-attach@$CRYPT_UUID.service" || true)
 [ "$st" = inactive ] || fail "cmek-attach@$CRYPT_UUID.service is '$st' for a crypttab volume"
 say "$dev: CMEK_BOUND=1 CMEK_CRYPTTAB=1, no cmek-attach@ unit"
+
+# cmekd did not open this mapping (systemd-cryptsetup did, through the plugin): key disable locks
+# it all the same (found by device-mapper UUID), and volume restore brings it back
+key=$(cmekctl --json volume show "$CRYPT_UUID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"]["key_id"])') ||
+    fail "cmekctl volume show $CRYPT_UUID failed"
+cmekctl key disable "$key" >/dev/null || fail "cmekctl key disable $key failed"
+state=$(dmsetup info -c --noheadings -o suspended cmekvol)
+kf=$(dmsetup table --showkeys cmekvol | awk '{print $5}')
+# back first, so that a failure here does not leave the mounts of the guest hanging on held I/O
+cmekctl key enable "$key" >/dev/null || fail "cmekctl key enable failed"
+cmekctl volume restore "$CRYPT_UUID" >/dev/null || fail "cmekctl volume restore $CRYPT_UUID failed"
+[ "$state" = Suspended ] || fail "cmekvol was not suspended after key disable (state: $state)"
+case "$kf" in *[1-9a-f]*|:*) fail "cmekvol: key material still in the table after key disable" ;; esac
+say "key disable: cmekvol (opened at boot by systemd-cryptsetup) was suspended, key field all zero"
+[ "$(dmsetup info -c --noheadings -o suspended cmekvol)" != Suspended ] || fail "cmekvol still suspended after restore"
+got=$(cat /mnt/cmek/hello.txt)
+[ "$got" = "$HELLO" ] || fail "/mnt/cmek/hello.txt after restore: '$got'"
+say "key enable + volume restore: cmekvol resumed, hello.txt reads back"
 say "PASS"
