@@ -962,23 +962,14 @@ int key_set_version_enabled(Manager *m, Call *c, Key *k, unsigned version, bool 
 /* CKA_ENCRYPT or CKA_DECRYPT of the current version is off in the token. */
 static bool key_token_usage_off(Key *k) {
         json_object *cur;
-        CK_OBJECT_HANDLE h;
         VaultKeyFlags f;
 
         if (key_is_software(k))
                 return false;
         cur = meta_version(k, (unsigned) meta_u64(k, "current_version"));
-        if (!cur)
-                return false;
         /* every watch tick: the cached handle spares a C_FindObjects over the whole token */
-        if (vault_secret_find_cached(k->vault, cmek_json_get_string(cur, "label"), &h) < 0)
+        if (!cur || vault_secret_get_flags_by_label(k->vault, cmek_json_get_string(cur, "label"), &f) < 0)
                 return false;
-        if (vault_secret_get_flags(k->vault, h, &f) < 0) {
-                vault_handles_forget(k->vault);
-                if (vault_secret_find(k->vault, cmek_json_get_string(cur, "label"), &h) < 0 ||
-                    vault_secret_get_flags(k->vault, h, &f) < 0)
-                        return false;
-        }
         return !f.encrypt || !f.decrypt;
 }
 
@@ -1212,7 +1203,8 @@ static int key_refusal(KeyState s) {
         }
 }
 
-/* The version's token object and its usage flags, or its unsealed material (software). */
+/* Checks that the version may be used; its unsealed material (software), or for encryption its
+ * token object, CKA_ENCRYPT checked (ret_h: for encryption only; decryption goes by label). */
 static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OBJECT_HANDLE *ret_h, uint8_t **ret_material,
                                size_t *ret_size) {
         json_object *e = meta_version(k, version);
@@ -1247,10 +1239,11 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
         }
         *ret_material = NULL;
         if (!for_encrypt)
-                /* the hot path (every unlock): the handle comes from the vault's cache and the
-                 * token itself refuses C_DecryptInit with CKR_KEY_FUNCTION_NOT_PERMITTED when
-                 * CKA_DECRYPT was turned off there, so the flags need not be read first */
-                return vault_secret_find_cached(k->vault, label, ret_h);
+                /* the hot path (every unlock): vault_gcm_decrypt_by_label() finds the key through
+                 * the vault's handle cache, and the token itself refuses C_DecryptInit with
+                 * CKR_KEY_FUNCTION_NOT_PERMITTED when CKA_DECRYPT was turned off there, so the
+                 * flags need not be read first */
+                return 0;
         VaultKeyFlags f;
         r = vault_secret_find(k->vault, label, ret_h);
         if (r < 0)
@@ -1341,7 +1334,6 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         _cleanup_(key_freep) Key *k = NULL;
         _cleanup_secure_ uint8_t *material = NULL;
         size_t material_size = 0;
-        CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
         int r;
 
         r = key_load_full(m, key_id, /* cached= */ true, &k);
@@ -1352,18 +1344,10 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
                 return r;
         if (version == 0)
                 version = (unsigned) meta_u64(k, "current_version");
-        r = key_version_prepare(k, version, false, &h, &material, &material_size);
-        if (r >= 0 && !material) {
-                r = vault_gcm_decrypt(k->vault, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
-                if (r < 0 && r != -EKEYREVOKED && r != -ENOMEM) {
-                        /* the cached handle may be stale (object gone, or the handle reused by
-                         * the token): look the version up again and try once more */
-                        vault_handles_forget(k->vault);
-                        r = key_version_prepare(k, version, false, &h, &material, &material_size);
-                        if (r >= 0)
-                                r = vault_gcm_decrypt(k->vault, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
-                }
-        }
+        r = key_version_prepare(k, version, false, NULL, &material, &material_size);
+        if (r >= 0 && !material)
+                r = vault_gcm_decrypt_by_label(k->vault, cmek_json_get_string(meta_version(k, version), "label"),
+                                               aad, aad_size, iv, ct, ct_size, tag, ret_pt);
         /* turned off in the token by someone else: refuse like a disabled key */
         if (r == -EKEYREVOKED && version == (unsigned) meta_u64(k, "current_version"))
                 (void) key_token_disabled(m, k);

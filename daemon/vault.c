@@ -46,7 +46,7 @@ struct Vault {
         uint64_t failed_usec;   /* last failed attempt (monotonic): retried at most every few seconds */
         int failed_error;
         char *reason;           /* why unavailable; NULL when usable */
-        /* label -> handle of the secret keys used for decryption (vault_secret_find_cached) */
+        /* label -> handle of the secret keys used for decryption (secret_find_cached) */
         struct { char *label; CK_OBJECT_HANDLE h; } handles[VAULT_HANDLE_CACHE_MAX];
         size_t n_handles;
 };
@@ -56,7 +56,7 @@ struct VaultSet {
         size_t n;
 };
 
-void vault_handles_forget(Vault *v) {
+static void vault_handles_forget(Vault *v) {
         for (size_t i = 0; i < v->n_handles; i++)
                 free(v->handles[i].label);
         v->n_handles = 0;
@@ -405,6 +405,24 @@ static int vault_connect(Vault *v) {
         return r;
 }
 
+/* again: finalize first (a fresh C_Initialize) */
+static int vault_module_initialize(Vault *v, bool again) {
+        CK_RV rv;
+
+        if (again) {
+                (void) p11_kit_module_finalize(v->module);
+                v->initialized = false;
+        }
+        rv = p11_kit_module_initialize(v->module);
+        if (rv != CKR_OK) {
+                vault_set_reason(v, "cannot initialise PKCS#11 module '%s'%s: %s", v->module_path,
+                                 again ? " again" : "", p11_kit_strerror(rv));
+                return vault_rv_to_errno(rv);
+        }
+        v->initialized = true;
+        return 0;
+}
+
 static int vault_connect_now(Vault *v) {
         CK_TOKEN_INFO ti;
         CK_RV rv;
@@ -420,28 +438,18 @@ static int vault_connect_now(Vault *v) {
                 }
         }
         if (!v->initialized) {
-                rv = p11_kit_module_initialize(v->module);
-                if (rv != CKR_OK) {
-                        vault_set_reason(v, "cannot initialise PKCS#11 module '%s': %s", v->module_path,
-                                         p11_kit_strerror(rv));
-                        return vault_rv_to_errno(rv);
-                }
-                v->initialized = true;
+                r = vault_module_initialize(v, false);
+                if (r < 0)
+                        return r;
         }
 
         r = vault_find_slot(v, &found);
         if ((r < 0 || !found) && !v->embedded) {
                 /* a module whose token went away (p11-kit-client whose server stopped) reaches
                  * it again only from a new C_Initialize: start the module over once */
-                (void) p11_kit_module_finalize(v->module);
-                v->initialized = false;
-                rv = p11_kit_module_initialize(v->module);
-                if (rv != CKR_OK) {
-                        vault_set_reason(v, "cannot initialise PKCS#11 module '%s' again: %s", v->module_path,
-                                         p11_kit_strerror(rv));
-                        return vault_rv_to_errno(rv);
-                }
-                v->initialized = true;
+                r = vault_module_initialize(v, true);
+                if (r < 0)
+                        return r;
                 r = vault_find_slot(v, &found);
         }
         if (r < 0) {
@@ -980,7 +988,7 @@ int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
         return vault_rv_to_errno(rv);
 }
 
-int vault_secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
+static int secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
         char *copy;
         int r;
 
@@ -1153,6 +1161,45 @@ int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_
                 return -EBADMSG;
         *ret_pt = TAKE_PTR(out);
         return 0;
+}
+
+/* The handle comes from the cache and may be stale (the object gone, or its handle given to
+ * another object by the token: GCM's tag catches that). When the operation fails for another
+ * reason than a refusal of the key, the cache is forgotten and the label looked up once more. */
+static bool stale_handle_possible(int r, unsigned attempt) {
+        return r < 0 && r != -EKEYREVOKED && r != -ENOMEM && attempt == 0;
+}
+
+int vault_secret_get_flags_by_label(Vault *v, const char *label, VaultKeyFlags *ret) {
+        CK_OBJECT_HANDLE h;
+        int r;
+
+        for (unsigned attempt = 0;; attempt++) {
+                r = secret_find_cached(v, label, &h);
+                if (r < 0)
+                        return r;
+                r = vault_secret_get_flags(v, h, ret);
+                if (!stale_handle_possible(r, attempt))
+                        return r;
+                vault_handles_forget(v);
+        }
+}
+
+int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, size_t aad_size,
+                               const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                               void **ret_pt) {
+        CK_OBJECT_HANDLE h;
+        int r;
+
+        for (unsigned attempt = 0;; attempt++) {
+                r = secret_find_cached(v, label, &h);
+                if (r < 0)
+                        return r;
+                r = vault_gcm_decrypt(v, h, aad, aad_size, iv, ct, ct_size, tag, ret_pt);
+                if (!stale_handle_possible(r, attempt))
+                        return r;
+                vault_handles_forget(v);
+        }
 }
 
 /* --- wrapping key and import --- */

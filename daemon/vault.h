@@ -60,11 +60,6 @@ typedef struct VaultKeyFlags {
 
 /* -ENOENT when no secret key has this label. */
 int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
-/* The same through a label -> handle cache, for decryption and reading flags only (GCM's tag catches a handle that
- * came to mean another key; the caller then forgets the cache and looks again). The cache is
- * emptied when the session is lost and when any object is destroyed. */
-int vault_secret_find_cached(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
-void vault_handles_forget(Vault *v);
 int vault_secret_generate(Vault *v, const char *label, const char *id, unsigned bytes, CK_OBJECT_HANDLE *ret);
 int vault_secret_get_flags(Vault *v, CK_OBJECT_HANDLE h, VaultKeyFlags *ret);
 /* Sets CKA_ENCRYPT/CKA_DECRYPT; -EOPNOTSUPP when the token refuses. */
@@ -78,6 +73,13 @@ int vault_gcm_encrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_
 int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
                       const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
                       void **ret_pt);
+/* The flags and the decryption of the secret key labelled label, through a label -> handle cache
+ * (no C_FindObjects on the hot path). The cache is emptied when the session is lost and when any
+ * object is destroyed; an operation that fails through a cached handle looks the label up again. */
+int vault_secret_get_flags_by_label(Vault *v, const char *label, VaultKeyFlags *ret);
+int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, size_t aad_size,
+                               const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                               void **ret_pt);
 int vault_random(Vault *v, void *buf, size_t n);
 
 /* --- import (BYOK) --- */
