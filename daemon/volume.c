@@ -1513,19 +1513,18 @@ static char *mapping_users(const char *name) {
  * device-mapper UUID "CRYPT-LUKS2-<volume UUID without dashes>-<name>", which sysfs shows next to
  * the name. One scan of /sys/block serves every lookup for a second. */
 static struct {
-        char **uuids, **names;
+        struct { char *uuid, *name; } *maps;
         size_t n;
         uint64_t usec;
 } dm_scan;
 
 static void dm_scan_clear(void) {
         for (size_t i = 0; i < dm_scan.n; i++) {
-                free(dm_scan.uuids[i]);
-                free(dm_scan.names[i]);
+                free(dm_scan.maps[i].uuid);
+                free(dm_scan.maps[i].name);
         }
-        free(dm_scan.uuids);
-        free(dm_scan.names);
-        dm_scan.uuids = dm_scan.names = NULL;
+        free(dm_scan.maps);
+        dm_scan.maps = NULL;
         dm_scan.n = 0;
         dm_scan.usec = 0;
 }
@@ -1546,12 +1545,12 @@ static char *sysfs_line(const char *dev, const char *attr) {
         return buf;
 }
 
-static void dm_scan_refresh(bool force) {
+static void dm_scan_refresh(void) {
         uint64_t now = cmek_monotonic_usec();
         DIR *d;
         struct dirent *de;
 
-        if (!force && dm_scan.usec && now - dm_scan.usec < 1000000ULL)
+        if (dm_scan.usec && now - dm_scan.usec < 1000000ULL)
                 return;
         dm_scan_clear();
         dm_scan.usec = now;
@@ -1559,29 +1558,27 @@ static void dm_scan_refresh(bool force) {
         if (!d)
                 return;
         while ((de = readdir(d))) {
-                char *uuid, *name, **u, **nm;
+                char *uuid, *name;
+                void *a;
                 if (strncmp(de->d_name, "dm-", 3) != 0)
                         continue;
                 uuid = sysfs_line(de->d_name, "uuid");
                 name = uuid && strncmp(uuid, "CRYPT-LUKS2-", 12) == 0 ? sysfs_line(de->d_name, "name") : NULL;
-                u = name ? reallocarray(dm_scan.uuids, dm_scan.n + 1, sizeof(char *)) : NULL;
-                if (u)
-                        dm_scan.uuids = u;
-                nm = u ? reallocarray(dm_scan.names, dm_scan.n + 1, sizeof(char *)) : NULL;
-                if (!nm) {
+                a = name ? reallocarray(dm_scan.maps, dm_scan.n + 1, sizeof(*dm_scan.maps)) : NULL;
+                if (!a) {
                         free(uuid);
                         free(name);
                         continue;
                 }
-                dm_scan.names = nm;
-                dm_scan.uuids[dm_scan.n] = uuid;
-                dm_scan.names[dm_scan.n++] = name;
+                dm_scan.maps = a;
+                dm_scan.maps[dm_scan.n].uuid = uuid;
+                dm_scan.maps[dm_scan.n++].name = name;
         }
         closedir(d);
 }
 
 /* The name of an active mapping of the volume, or NULL. */
-static const char *mapping_find_by_uuid(const char *uuid, bool fresh) {
+static const char *mapping_find_by_uuid(const char *uuid) {
         char prefix[sizeof("CRYPT-LUKS2-") + 40];
         size_t k = strlen("CRYPT-LUKS2-");
 
@@ -1593,23 +1590,23 @@ static const char *mapping_find_by_uuid(const char *uuid, bool fresh) {
                         prefix[k++] = *c;
         prefix[k++] = '-';
         prefix[k] = 0;
-        dm_scan_refresh(fresh);
+        dm_scan_refresh();
         for (size_t i = 0; i < dm_scan.n; i++)
-                if (strncmp(dm_scan.uuids[i], prefix, k) == 0)
-                        return dm_scan.names[i];
+                if (strncmp(dm_scan.maps[i].uuid, prefix, k) == 0)
+                        return dm_scan.maps[i].name;
         return NULL;
 }
 
 /* A bound volume opened outside cmekd (at boot through crypttab and the token plugin, by udev,
  * by hand) is enforced like one cmekd opened: its mapping is adopted. 1 when adopted. */
-static int volume_adopt_mapping(Volume *v, bool fresh) {
+static int volume_adopt_mapping(Volume *v) {
         const char *name;
 
         if (v->state != VOLUME_BOUND || v->lock != VOLUME_LOCK_NONE)
                 return 0;
         if (v->mapping && crypt_status(NULL, v->mapping) >= CRYPT_ACTIVE)
                 return 0;
-        name = mapping_find_by_uuid(v->uuid, fresh);
+        name = mapping_find_by_uuid(v->uuid);
         /* the scan may be up to a second old: the mapping must still be there */
         if (!name || streq_ptr(name, v->mapping) || crypt_status(NULL, name) < CRYPT_ACTIVE)
                 return 0;
@@ -1805,11 +1802,13 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
         OnDisable how;
         bool any = false;
 
+        /* the mappings opened by the plugin at boot or by hand count as much as ours: one fresh
+         * scan of device-mapper for this pass */
+        dm_scan_invalidate();
         for (size_t i = 0; i < reg->n; i++) {
                 if (!streq_ptr(reg->volumes[i]->key_id, key_id))
                         continue;
-                /* the mappings opened by the plugin at boot or by hand count as much as ours */
-                (void) volume_adopt_mapping(reg->volumes[i], /* fresh= */ !any);
+                (void) volume_adopt_mapping(reg->volumes[i]);
                 if (reg->volumes[i]->mapping && reg->volumes[i]->lock == VOLUME_LOCK_NONE)
                         any = true;
         }
@@ -2331,7 +2330,7 @@ json_object *volume_to_json(Manager *m, Volume *v, bool with_header) {
                 json_object_object_add(o, "key_state", json_object_new_string(
                                        v->state == VOLUME_BOUND ? "UNKNOWN" : "DELETED"));
         json_object_object_add(o, "provider_managed", json_object_new_boolean(v->provider_managed));
-        if (volume_adopt_mapping(v, false) > 0)
+        if (volume_adopt_mapping(v) > 0)
                 (void) volume_registry_save(m);
         json_object_object_add(o, "mapped", json_object_new_boolean(mapping_active(v->mapping)));
         {
