@@ -110,6 +110,23 @@ for k in sys.argv[2].split("."): v=v[int(k)] if isinstance(v,list) else v.get(k)
 print(v if not isinstance(v,(dict,list,bool)) else json.dumps(v))' "$1" "$2"
 }
 
+# key_id KEY: the key's id (KEY: id, NAME or COMPARTMENT/NAME); key_version KEY: its current version
+key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
+key_version() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])'; }
+# header_clean IMG VERSION: one cmek token, no pending keyslot, exactly the keyslot it names, wrapped
+# under key version VERSION (what an interrupted operation and its re-run must leave)
+header_clean() {
+    cryptsetup luksDump --dump-json-metadata "$1" | python3 -c '
+import json, sys
+h = json.load(sys.stdin); cur = int(sys.argv[1])
+toks = [t for t in h["tokens"].values() if t["type"] == "cmek"]
+assert len(toks) == 1, ("tokens", h["tokens"])
+assert "pending_keyslot" not in toks[0], toks[0]
+assert list(h["keyslots"].keys()) == toks[0]["keyslots"], (h["keyslots"].keys(), toks[0]["keyslots"])
+assert toks[0]["key_version"] == cur, (toks[0]["key_version"], cur)
+' "$2"
+}
+
 # In the sanitizer build the token plugin carries ASan/UBSan: cryptsetup (not sanitized) can
 # load it only with the runtimes preloaded. Leak checking stays on for our own programs only.
 if [ "${CMEK_BUILD_FLAVOR:-}" = asan ]; then

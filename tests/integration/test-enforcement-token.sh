@@ -41,7 +41,6 @@ SUBPID=$!
 on_exit "kill $SUBPID 2>/dev/null"
 for ((i = 0; i < 100; i++)); do grep -q subscribed "$TEST_TMP/events.jsonl" 2>/dev/null && break; sleep 0.05; done
 
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create a --compartment prod >/dev/null
 cmekctl key create b --compartment prod --on-disable close >/dev/null
 A=$(key_id prod/a); B=$(key_id prod/b)

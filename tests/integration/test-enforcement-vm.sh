@@ -85,7 +85,6 @@ CTLPID=$!
 on_exit "kill $SUBPID $CTLPID 2>/dev/null"
 sleep 0.5
 
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create a --compartment prod >/dev/null
 cmekctl key create b --compartment prod >/dev/null
 cmekctl key create c --compartment prod --on-disable close >/dev/null

@@ -10,7 +10,6 @@ need_root
 need_cmd cryptsetup python3
 install_token_plugin
 
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 # all_open DIR: every image opens through its cmek token (cryptsetup + plugin + cmekd)
 all_open() {
     local f
@@ -19,21 +18,22 @@ all_open() {
             { cat "$TEST_TMP/err" >&2; fail "$2: $(basename "$f") does not open by its token"; }
     done
 }
-# all_clean DIR KEY: one cmek token, one keyslot (the one it names), the key's newest version
+# all_clean DIR KEY WHEN: every image clean (header_clean) under the key's newest version
 all_clean() {
     local f cur
-    cur=$(cmekctl key show "$2" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])')
+    cur=$(key_version "$2")
     for f in "$1"/*.img; do
-        cryptsetup luksDump --dump-json-metadata "$f" | python3 -c '
-import json, sys
-h = json.load(sys.stdin); cur = int(sys.argv[1])
-toks = [t for t in h["tokens"].values() if t["type"] == "cmek"]
-assert len(toks) == 1, ("tokens", h["tokens"])
-assert "pending_keyslot" not in toks[0], toks[0]
-assert list(h["keyslots"].keys()) == toks[0]["keyslots"], (h["keyslots"].keys(), toks[0]["keyslots"])
-assert toks[0]["key_version"] == cur, (toks[0]["key_version"], cur)
-' "$cur" || fail "$3: $(basename "$f") is not clean after the re-run"
+        header_clean "$f" "$cur" || fail "$3: $(basename "$f") is not clean after the re-run"
     done
+}
+# key_and_volumes STATE NAME: cmekd on STATE, key prod/NAME (its id in K), $N strict volumes in $I
+key_and_volumes() {
+    local i
+    mkdir -p "$I"
+    start_cmekd "$1"
+    cmekctl key create "$2" --compartment prod >/dev/null
+    K=$(key_id "prod/$2")
+    for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
 }
 n_registered() { cmekctl volume list --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d.get("volumes", d)))'; }
 
@@ -44,11 +44,7 @@ mount -t tmpfs -o size=80m,mode=0700 tmpfs "$SMALL" || skip "cannot mount a tmpf
 on_exit "umount -l '$SMALL' 2>/dev/null"
 N=12
 I=$SMALL/img
-mkdir -p "$I"
-start_cmekd "$SMALL/state"
-cmekctl key create full --compartment prod >/dev/null
-K=$(key_id prod/full)
-for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
+key_and_volumes "$SMALL/state" full
 fill() { local b; for b in 64k 4k 64; do dd if=/dev/zero of="$SMALL/fill-$b" bs=$b 2>/dev/null || true; done; }
 fill
 log "disk full: $(df -k --output=avail "$SMALL" | tail -1) KiB left"
@@ -82,11 +78,7 @@ log "disk full: survived, nothing lost, re-run completed"
 # ---- 2. SIGTERM while a re-wrap of many volumes runs ----
 N=24
 I=$TEST_TMP/term
-mkdir -p "$I"
-start_cmekd "$TEST_TMP/state-term"
-cmekctl key create term --compartment prod >/dev/null
-K=$(key_id prod/term)
-for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
+key_and_volumes "$TEST_TMP/state-term" term
 cmekctl volume rewrap --new-secret "$I"/*.img >"$TEST_TMP/term.out" 2>"$TEST_TMP/term.err" &
 CLIENT=$!
 # SIGTERM once the batch is under way: the first volume's header changed
@@ -179,7 +171,7 @@ else
     rm -f "$I"/*.img
 fi
 rotate_all() { local k; for k in $(seq 1 $NK); do cmekctl key rotate "prod/remote$k" >/dev/null || return 1; done; }
-versions() { local k; for k in $(seq 1 $NK); do cmekctl key show "prod/remote$k" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])'; done | sort -n | tr '\n' ' '; }
+versions() { local k; for k in $(seq 1 $NK); do key_version "prod/remote$k"; done | sort -n | tr '\n' ' '; }
 # the token disappears while the rotation of all keys (and the re-wrap of the volumes) runs
 ( rotate_all; [ $VOLS = 0 ] || cmekctl volume rewrap --new-secret "$I"/*.img ) >"$TEST_TMP/gone.out" 2>"$TEST_TMP/gone.err" &
 CLIENT=$!
@@ -216,7 +208,7 @@ for ((i = 0; i < 50; i++)); do cmekctl key show "$K" >/dev/null 2>&1 && break; s
 cmekctl key show "$K" >/dev/null || fail "the daemon does not use the token again once it is back"
 log "versions after the interruption: $(versions)"
 for k in $(seq 1 $NK); do
-    v=$(cmekctl key show "prod/remote$k" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])')
+    v=$(key_version "prod/remote$k")
     [ "$v" -ge 2 ] || cmekctl key rotate "prod/remote$k" >/dev/null || fail "re-run of the rotation of remote$k failed"
 done
 [ "$(versions)" = "$(printf '2 %.0s' $(seq 1 $NK))" ] || [ "$(versions | tr ' ' '\n' | sort -u | head -1)" -ge 2 ] ||

@@ -47,7 +47,6 @@ mkdir -p "$I"
 # FAULTS_FULL=1 (make check-faults): every point of every operation; otherwise (make check) a
 # representative walk: every operation, its riskiest points
 FULL=${FAULTS_FULL:-0}
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 start_cmekd "$STATE"
 cmekctl key create base --compartment prod >/dev/null
 K=$(key_id prod/base)
@@ -158,9 +157,8 @@ unbind_slot() { cmekctl volume unbind "$I/$1.img" --remove-slot >/dev/null 2>"$T
     cryptsetup open --test-passphrase --key-file "$I/$1.img.pw" "$I/$1.img"; }
 rotate_once() { # the rotation completed once: current version > $1
     local cur
-    cur=$(cmekctl key show "$K" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])')
+    cur=$(key_version "$K")
     [ "$cur" -gt "$1" ] || cmekctl key rotate "$K" >/dev/null; }
-cur_version() { cmekctl key show "$K" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])'; }
 rewrap_all() { cmekctl volume rewrap --key "$K" >/dev/null; }
 newsecret() { cmekctl volume rewrap --new-secret "$I/c1.img" "$I/c3.img" >/dev/null; }
 # the key DELETED and its volume's CMEK keyslot gone, registered as KEY_DELETED (it keeps its passphrase)
@@ -209,9 +207,9 @@ walk rewrap-after-token-write "change key" bind_vol b1 "$K2"
 full && walk rewrap-after-unwrap "change key" bind_vol b2 "$K2"
 full && walk write-file-before-rename "change key (registry)" bind_vol b3 "$K2"
 # --- rotation, then re-wrap ---
-start_cmekd "$STATE"; v0=$(cur_version); stop_cmekd
+start_cmekd "$STATE"; v0=$(key_version "$K"); stop_cmekd
 walk vault-after-generate-key "key rotate" rotate_once "$v0"
-start_cmekd "$STATE"; v0=$(cur_version); stop_cmekd
+start_cmekd "$STATE"; v0=$(key_version "$K"); stop_cmekd
 full && walk key-after-intent "key rotate" rotate_once "$v0"
 RERUN=rewrap_all walk rewrap-after-token-write:2 "key rotate (re-wrap of its volumes)" cmekctl key rotate "$K"
 full && RERUN=rewrap_all walk rewrap-after-unwrap "key rotate (re-wrap of its volumes)" cmekctl key rotate "$K"

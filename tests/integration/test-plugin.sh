@@ -12,7 +12,6 @@ install_token_plugin
 start_cmekd
 I=$TEST_TMP/img
 mkdir -p "$I"
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create pk --compartment prod >/dev/null
 K=$(key_id prod/pk)
 cmekctl volume create "$I/a.img" --key "$K" --size 16M --strict >/dev/null

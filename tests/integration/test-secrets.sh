@@ -14,7 +14,6 @@ STATE=$TEST_TMP/state
 NEEDLES=$TEST_TMP/needles
 mkdir -p "$I"
 : >"$NEEDLES"
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 
 # add_needle LABEL BYTES_HEX: the raw bytes, their base64 and their hex as the daemon might hold them
 add_needle() {

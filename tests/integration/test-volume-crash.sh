@@ -16,7 +16,6 @@ STATE=$TEST_TMP/state
 N=3
 
 start_cmekd "$STATE"
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create crash --compartment prod >/dev/null
 K=$(key_id prod/crash)
 for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
@@ -49,17 +48,9 @@ all_open() {
 # the job is complete: one cmek token, one keyslot (the one it names), newest version, opens
 all_clean() {
     local i cur
-    cur=$(cmekctl key show "$K" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["current_version"])')
+    cur=$(key_version "$K")
     for i in $(seq 1 $N); do
-        cryptsetup luksDump --dump-json-metadata "$I/v$i.img" | python3 -c '
-import json, sys
-h = json.load(sys.stdin); cur = int(sys.argv[1])
-toks = [t for t in h["tokens"].values() if t["type"] == "cmek"]
-assert len(toks) == 1, ("tokens", h["tokens"])
-assert "pending_keyslot" not in toks[0], toks[0]
-assert list(h["keyslots"].keys()) == toks[0]["keyslots"], (h["keyslots"].keys(), toks[0]["keyslots"])
-assert toks[0]["key_version"] == cur, (toks[0]["key_version"], cur)
-' "$cur" || fail "after $1 and a re-run: v$i.img is not clean"
+        header_clean "$I/v$i.img" "$cur" || fail "after $1 and a re-run: v$i.img is not clean"
         cmekctl volume unlock --test "$I/v$i.img" >/dev/null || fail "after $1: v$i.img does not unlock"
     done
 }

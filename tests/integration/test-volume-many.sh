@@ -11,7 +11,6 @@ COUNT=${CMEK_TEST_VOLUMES:-200}
 start_cmekd
 I=$TEST_TMP/img
 mkdir -p "$I"
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create many --compartment prod >/dev/null
 K=$(key_id prod/many)
 

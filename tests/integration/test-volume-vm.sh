@@ -24,7 +24,6 @@ dm_works || skip "no device-mapper"
 start_cmekd
 I=$TEST_TMP/img
 mkdir -p "$I"
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create vm --compartment prod >/dev/null
 K=$(key_id prod/vm)
 NAME=cmekvm$$

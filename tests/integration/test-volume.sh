@@ -11,7 +11,6 @@ start_cmekd
 I=$TEST_TMP/img
 mkdir -p "$I"
 
-key_id() { cmekctl key show "$1" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])'; }
 cmekctl key create k1 --compartment prod >/dev/null
 cmekctl key create k2 --compartment prod >/dev/null
 K1=$(key_id prod/k1)
