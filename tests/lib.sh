@@ -153,3 +153,16 @@ install_token_plugin() {
         on_exit "if [ -e '$TEST_TMP/plugin.saved' ]; then cp '$TEST_TMP/plugin.saved' '$TOKENDIR/libcryptsetup-token-cmek.so'; else rm -f '$TOKENDIR/libcryptsetup-token-cmek.so'; fi"
     fi
 }
+
+# add_test_user NAME: a real local account for replaying attacks (no home, no login shell), removed at
+# exit. Names must be unique per test (tests run in parallel): use a per-test prefix.
+add_test_user() {
+    need_cmd useradd userdel setpriv
+    userdel "$1" >/dev/null 2>&1 || true
+    useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "$1" || fail "useradd $1"
+    on_exit "userdel '$1' >/dev/null 2>&1 || true; groupdel '$1' >/dev/null 2>&1 || true"
+}
+# as_user NAME CMD...: CMD with NAME's uid, primary group and supplementary groups, no capabilities
+as_user() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups --inh-caps=-all --bounding-set=-all -- "$@"; }
+# as_user_ctl NAME ARGS...: cmekctl on $SOCK as NAME
+as_user_ctl() { local u=$1; shift; as_user "$u" "$CMEKCTL_BIN" --socket "$SOCK" "$@"; }
