@@ -31,6 +31,10 @@ typedef struct Creds {
         int n_saved;
 } Creds;
 
+#define FOREACH_CONFIG_FILE(m, cfg) \
+        for (const char *_files_[] = { (m)->config_path, (m)->policy_path }, *cfg = _files_[0], **_p_ = _files_; \
+             _p_ < _files_ + 2; cfg = ++_p_ < _files_ + 2 ? *_p_ : NULL)
+
 static void creds_leave(Creds *s) {
         if (!s->switched)
                 return;
@@ -97,30 +101,15 @@ static const char *file_type_name(mode_t mode) {
         }
 }
 
-/* Is real (a resolved path) at or under one of the daemon's own directories? By name, and by
- * st_dev/st_ino of every ancestor (a bind mount or another name of the same directory). Returns
- * the directory it is under, or NULL. */
+/* Is real (a resolved path) at or under one of the daemon's own directories (state, configuration,
+ * hooks)? By name, and by st_dev/st_ino of every ancestor (a bind mount or another name of the
+ * same directory). Returns the directory it is under, or NULL. */
 static const char *protected_dir(Manager *m, const char *real, char **ret_dir) {
-        _cleanup_free_ char *config_dir = NULL, *policy_dir = NULL;
-        const char *dirs[5] = {};
+        const char *dirs[3] = {};
         size_t n = 0;
 
         dirs[n++] = m->state_dir;
         dirs[n++] = SYSCONFDIR "/cmekd";
-        if (m->config_path && (config_dir = strdup(m->config_path))) {
-                char *s = strrchr(config_dir, '/');
-                if (s && s != config_dir) {
-                        *s = 0;
-                        dirs[n++] = config_dir;
-                }
-        }
-        if (m->policy_path && (policy_dir = strdup(m->policy_path))) {
-                char *s = strrchr(policy_dir, '/');
-                if (s && s != policy_dir) {
-                        *s = 0;
-                        dirs[n++] = policy_dir;
-                }
-        }
         if (m->hooks_dir)
                 dirs[n++] = m->hooks_dir;
 
@@ -234,6 +223,14 @@ static const char *check_fd(Manager *m, const char *path, VolumeFile *f, VolumeO
                 snprintf(buf, size, "out of memory");
                 return buf;
         }
+        /* the configuration and policy files themselves, wherever they are */
+        FOREACH_CONFIG_FILE(m, cfg) {
+                struct stat cs;
+                if (cfg && stat(cfg, &cs) >= 0 && cs.st_dev == f->st.st_dev && cs.st_ino == f->st.st_ino) {
+                        snprintf(buf, size, "'%s' is cmekd's configuration file %s", path, cfg);
+                        return buf;
+                }
+        }
         if (protected_dir(m, f->real, &dir)) {
                 snprintf(buf, size, "'%s' is inside cmekd's own directory %s: a volume can never live there", path, dir);
                 return buf;
@@ -277,11 +274,45 @@ int volume_file_open(Manager *m, Call *c, const char *path, VolumeOpenFlags flag
                                    path, strerror(-r)), r;
         f.fd = open(path, oflags);
         if (f.fd < 0 && errno == ENOENT && (flags & VOLUME_OPEN_CREATE)) {
-                f.fd = open(path, oflags | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
-                f.created = f.fd >= 0;
+                /* the directory first (with the caller's reach), checked (as the daemon), then the
+                 * file created in that very directory */
+                _cleanup_free_ char *dir = strdup(path), *protected = NULL;
+                _cleanup_close_ int dfd = -1;
+                char *slash = dir ? strrchr(dir, '/') : NULL;
+                const char *base = slash ? slash + 1 : path;
+                char link[PATH_MAX], proc[32];
+                ssize_t n = -1;
+
                 tried_create = true;
-        }
-        if (f.fd < 0)
+                if (slash)
+                        slash[slash == dir ? 1 : 0] = 0;
+                dfd = !dir ? -1 : open(slash ? dir : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+                if (dfd < 0)
+                        err = dir ? errno : ENOMEM;
+                creds_leave(&s);
+                if (dfd >= 0) {
+                        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", dfd);
+                        n = readlink(proc, link, sizeof(link) - 1);
+                }
+                if (dfd >= 0 && n > 0) {
+                        link[n] = 0;
+                        if (protected_dir(m, link, &protected))
+                                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s' is inside cmekd's own "
+                                                   "directory %s: a volume can never live there", path, protected), -EPERM;
+                }
+                if (dfd >= 0 && (n <= 0 || !*base))
+                        err = EINVAL;
+                if (!err) {
+                        r = creds_enter(call_caller(c), &s);
+                        if (r < 0)
+                                return call_errorf(c, CMEK_ERROR_INTERNAL, "cannot take the caller's credentials: %s",
+                                                   strerror(-r)), r;
+                        f.fd = openat(dfd, base, oflags | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+                        f.created = f.fd >= 0;
+                        if (f.fd < 0)
+                                err = errno;
+                }
+        } else if (f.fd < 0)
                 err = errno;
         creds_leave(&s);
         if (f.fd < 0 && (flags & VOLUME_OPEN_QUIET))
