@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* io.cmek.Volume: create, bind, unlock, unwrap (for the token plugin), re-wrap, unbind, list. */
 #include <stdio.h>
+#include <unistd.h>
+#include <libcryptsetup.h>
 #include <openssl/evp.h>
 
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
 #include "key.h"
+#include "policy.h"
 #include "volume.h"
 
 /* Turns an -errno of volume.c/key.c into the Varlink error that says what to do. */
@@ -80,6 +83,21 @@ static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
                 error = CMEK_ERROR_VAULT_UNAVAILABLE;
                 snprintf(msg, sizeof(msg), "key %s is not in any available vault, and a vault is unavailable "
                          "(its token gone?): see 'cmekctl vault list'", strempty(key_id));
+                break;
+        case -ESTALE:
+                error = CMEK_ERROR_BUSY;
+                snprintf(msg, sizeof(msg), "the header of '%s' changed while the request was being checked: try again", strempty(device));
+                break;
+        case -E2BIG:
+                error = VARLINK_ERROR_INVALID_PARAMETER;
+                snprintf(msg, sizeof(msg), "the keyslot of '%s' to derive from uses a PBKDF costlier than cmekd runs "
+                         "(Argon2 above 1 GiB, 4 threads or 16 passes, PBKDF2 above 10 million iterations): add a "
+                         "passphrase with the default PBKDF (cryptsetup luksAddKey) and pass --unlock-keyslot", strempty(device));
+                break;
+        case -ENXIO:
+                error = VARLINK_ERROR_INVALID_PARAMETER;
+                snprintf(msg, sizeof(msg), "'%s' has no such active keyslot to derive from (only the CMEK one?): "
+                         "pass --unlock-keyslot N of a passphrase keyslot", strempty(device));
                 break;
         case -EBUSY:
                 error = CMEK_ERROR_BUSY;
@@ -160,6 +178,41 @@ static int invalid(Call *c, const char *msg) {
         return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", msg);
 }
 
+/* A policy check that does not reply (to choose what a refused caller is told). */
+static bool allowed(Manager *m, Call *c, const char *verb, const char *resource, const char *compartment,
+                    const char *key_id, const char *volume_id) {
+        const Caller *who = call_caller(c);
+        PolicyRequest req = {
+                .uid = who->uid, .gid = who->gid, .groups = who->groups, .n_groups = who->n_groups,
+                .verb = policy_verb_from_string(verb), .resource_type = resource, .compartment = compartment,
+                .key_id = key_id, .volume_id = volume_id,
+        };
+        return req.verb >= 0 && policy_check(m->policy, &req);
+}
+
+/* "use keys" and "manage volumes" on the key that wraps a DEK now (its compartment). Replies. */
+static int authorize_wrapping_key(Manager *m, Call *c, const char *key_id, const char *uuid) {
+        KeyInfo k = {};
+        const char *compartment = NULL;
+        int r;
+
+        if (!key_id)
+                return 0;
+        if (key_lookup(m, key_id, &k) >= 0)
+                compartment = k.compartment;
+        r = manager_authorize(m, c, "use", "keys", compartment, key_id, NULL);
+        if (r >= 0)
+                r = manager_authorize(m, c, "manage", "volumes", compartment, key_id, uuid);
+        key_info_done(&k);
+        return r;
+}
+
+static int reply_registered_elsewhere(Call *c, const char *dev, Volume *v) {
+        return call_errorf(c, CMEK_ERROR_ALREADY_EXISTS, "the volume on '%s' (UUID %s) is registered at '%s', which still "
+                           "holds it: a copy or alias cannot take its place; use '%s' or the UUID (if the volume really "
+                           "moved, detach the old device first)", dev, v->uuid, strempty(v->path), strempty(v->path));
+}
+
 static int reply_volume(Manager *m, Call *c, Volume *v, bool with_header) {
         json_object *p = json_object_new_object();
         json_object_object_add(p, "volume", volume_to_json(m, v, with_header));
@@ -174,6 +227,7 @@ static int method_create(Manager *m, Call *c, json_object *params) {
         int64_t size = 0;
         KeyInfo k = {};
         Volume *v = NULL;
+        VolumeFile f = VOLUME_FILE_NULL;
         int r;
 
         if (!path || !key)
@@ -194,9 +248,16 @@ static int method_create(Manager *m, Call *c, json_object *params) {
         r = manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, NULL);
         if (r < 0)
                 goto out;
-        r = volume_create(m, path, (uint64_t) size, k.id, force, recovery, recovery_size, &v);
+        /* opened with the caller's own reach: --size creates where the caller may create files
+         * (the image is the caller's), formatting needs the caller's write access */
+        r = volume_file_open(m, c, path, VOLUME_OPEN_WRITE | VOLUME_OPEN_NO_DM | (size > 0 ? VOLUME_OPEN_CREATE : 0) |
+                             (force ? VOLUME_OPEN_UNUSED : 0), &f);
+        if (r < 0)
+                goto out;
+        r = volume_create(m, &f, (uint64_t) size, k.id, force, recovery, recovery_size, &v);
         if (r < 0) {
-                audit(m, c, "volume.bound", "failed", NULL, k.id, path, strerror(-r));
+                volume_file_unlink_created(c, path, &f);
+                audit(m, c, "volume.bound", "failed", NULL, k.id, f.real, strerror(-r));
                 reply_errno(c, r, path, k.id);
                 goto out;
         }
@@ -205,6 +266,7 @@ static int method_create(Manager *m, Call *c, json_object *params) {
         volume_event(m, "volume.key-assigned", v, NULL, NULL);
         reply_volume(m, c, v, false);
 out:
+        volume_file_done(&f);
         key_info_done(&k);
         return 0;
 }
@@ -213,42 +275,77 @@ static int method_bind(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device"), *key = cmek_json_get_string(params, "key");
         _cleanup_secure_ void *unlock = NULL;
         size_t unlock_size = 0;
+        int64_t unlock_keyslot = -1;
         KeyInfo k = {};
-        Volume *v = NULL, *old;
+        VolumeFile f = VOLUME_FILE_NULL;
+        VolumeProbe p = VOLUME_PROBE_NULL;
+        Volume *v = NULL, *reg;
         _cleanup_free_ char *old_key = NULL;
         int r;
 
         if (!dev || !key)
                 return invalid(c, "\"device\" and \"key\" (strings) are required");
+        if (json_object_object_get_ex(params, "unlock_keyslot", NULL) &&
+            (!cmek_json_get_int64(params, "unlock_keyslot", &unlock_keyslot) || unlock_keyslot < 0 || unlock_keyslot > 31))
+                return invalid(c, "\"unlock_keyslot\" must be a keyslot number (0-31)");
         r = get_secret(params, "unlock_secret", &unlock, &unlock_size);
         if (r < 0)
                 return invalid(c, "\"unlock_secret\" must be base64");
         r = authorize_key(m, c, key, "use", &k);
         if (r < 0)
                 return 0;
-        old = volume_find(m, dev);
-        if (old) {
-                /* moving a volume away from a key needs "use" on that key too */
-                KeyInfo ok = {};
-                old_key = old->key_id ? strdup(old->key_id) : NULL;
-                if (old_key && !streq(old_key, k.id) && key_lookup(m, old_key, &ok) >= 0) {
-                        r = manager_authorize(m, c, "use", "keys", ok.compartment, ok.id, NULL);
-                        key_info_done(&ok);
-                        if (r < 0)
-                                goto out;
-                }
-        }
-        r = manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, old ? old->uuid : NULL);
+        r = manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, NULL);
         if (r < 0)
                 goto out;
-        r = volume_bind(m, dev, k.id, unlock, unlock_size, &v);
+        /* the caller's own write access, never a mapping: then what its header says */
+        r = volume_file_open(m, c, dev, VOLUME_OPEN_WRITE | VOLUME_OPEN_NO_DM, &f);
+        if (r < 0)
+                goto out;
+        r = volume_probe(&f, &p);
+        if (r < 0) {
+                reply_errno(c, r, dev, NULL);
+                goto out;
+        }
+        /* moving a volume away from a key needs "use keys" and "manage volumes" on the key that
+         * wraps its DEK now (the header's token), and on the one the registry names */
+        reg = volume_find_uuid(m, p.uuid);
+        if (p.key_id && !streq(p.key_id, k.id) && authorize_wrapping_key(m, c, p.key_id, p.uuid) < 0)
+                goto out;
+        if (reg && reg->key_id && !streq(reg->key_id, k.id) && !streq_ptr(reg->key_id, p.key_id) &&
+            authorize_wrapping_key(m, c, reg->key_id, p.uuid) < 0)
+                goto out;
+        if (reg && !streq_ptr(reg->path, f.real)) {
+                if (!p.key_id) {
+                        reply_registered_elsewhere(c, dev, reg);
+                        goto out;
+                }
+                r = volume_adopt_file(m, &f, p.uuid, &v);
+                if (r == -EADDRINUSE) {
+                        reply_registered_elsewhere(c, dev, reg);
+                        goto out;
+                }
+                if (r < 0) {
+                        reply_errno(c, r, dev, NULL);
+                        goto out;
+                }
+                audit(m, c, "volume.moved", "ok", v, NULL, NULL, f.real);
+        } else if (!reg && p.key_id) {
+                r = volume_adopt_file(m, &f, p.uuid, &v);
+                if (r < 0) {
+                        reply_errno(c, r, dev, NULL);
+                        goto out;
+                }
+                audit(m, c, "volume.adopted", "ok", v, NULL, NULL, f.real);
+        }
+        old_key = p.key_id ? strdup(p.key_id) : NULL;
+        r = volume_bind(m, &f, &p, k.id, unlock, unlock_size, (int) unlock_keyslot, &v);
         if (r == -ENOKEY && !old_key) {
                 invalid(c, "the volume is not bound yet: give an existing way in once "
                         "(--unlock-key-file F or --unlock-passphrase-stdin)");
                 goto out;
         }
         if (r < 0) {
-                audit(m, c, "volume.bound", "failed", NULL, k.id, dev, strerror(-r));
+                audit(m, c, "volume.bound", "failed", NULL, k.id, p.uuid, strerror(-r));
                 reply_errno(c, r, dev, r == -EKEYREVOKED || r == -EKEYEXPIRED || r == -ENOKEY || r == -ENOENT ?
                             (old_key && r != -ENOENT ? old_key : k.id) : k.id);
                 goto out;
@@ -264,25 +361,10 @@ static int method_bind(Manager *m, Call *c, json_object *params) {
         }
         reply_volume(m, c, v, false);
 out:
+        volume_probe_done(&p);
+        volume_file_done(&f);
         key_info_done(&k);
         return 0;
-}
-
-/* Finds a registered volume, or adopts one from its header when given a path. Replies on failure. */
-static Volume *find_volume(Manager *m, Call *c, const char *dev) {
-        Volume *v = volume_find(m, dev);
-        int r;
-
-        if (v)
-                return v;
-        r = volume_adopt(m, dev, &v);
-        if (r >= 0)
-                return v;
-        if (r == -ENOENT)
-                call_errorf(c, CMEK_ERROR_VOLUME_NOT_FOUND, "'%s' is not a volume bound by cmekd (no cmek token)", dev);
-        else
-                reply_errno(c, r, dev, NULL);
-        return NULL;
 }
 
 static int authorize_volume(Manager *m, Call *c, Volume *v, const char *verb, bool use_key) {
@@ -296,6 +378,133 @@ static int authorize_volume(Manager *m, Call *c, Volume *v, const char *verb, bo
         if (r >= 0 && use_key && v->key_id)
                 r = manager_authorize(m, c, "use", "keys", compartment, v->key_id, NULL);
         key_info_done(&k);
+        return r;
+}
+
+/* One answer for "does not exist", "you cannot read it", "not a volume" and "not allowed to see
+ * it", for a caller that is not root: no file-existence oracle. */
+static int reply_not_visible(Call *c, const char *dev) {
+        return call_errorf(c, CMEK_ERROR_VOLUME_NOT_FOUND, "'%s' is not a cmekd volume you may see: it does not exist, "
+                           "you cannot read it, it is not a bound LUKS2 volume, or no policy statement lets you "
+                           "inspect it; give a path you can read, or the UUID of a registered volume", dev);
+}
+
+static void audit_hidden_denial(Manager *m, Call *c, const char *key_id, const char *uuid) {
+        (void) manager_audit(m, c, &(AuditRecord) {
+                .event = "policy.denied", .operation = call_method(c), .result = CMEK_ERROR_PERMISSION_DENIED,
+                .key_id = key_id, .volume = uuid, .detail = "not allowed to inspect the volume (told: not found)" });
+}
+
+/* authorize_volume() for a registered volume named by a caller: one without "inspect volumes"
+ * there is told what it would be told for a volume that does not exist. */
+static int authorize_registered(Manager *m, Call *c, Volume *v, const char *dev, const char *verb, bool use_key) {
+        KeyInfo k = {};
+        bool visible;
+
+        if (call_caller(c)->uid != 0) {
+                visible = allowed(m, c, "inspect", "volumes",
+                                  v->key_id && key_lookup(m, v->key_id, &k) >= 0 ? k.compartment : NULL, v->key_id, v->uuid);
+                key_info_done(&k);
+                if (!visible) {
+                        audit_hidden_denial(m, c, v->key_id, v->uuid);
+                        return reply_not_visible(c, dev), -EACCES;
+                }
+        }
+        return authorize_volume(m, c, v, verb, use_key);
+}
+
+/* Resolves a caller's identifier (registered UUID, then registered path, then mapping name, else a
+ * path opened with the caller's own reach) and authorizes verb on the volume it turns out to be,
+ * before anything happens to it: a path is authorized on its header (UUID, and the key its cmek
+ * token names), read without side effects; registering it (volume.adopted) needs "manage volumes"
+ * there too. A UUID registered at another path is never repointed at a copy. Replies on failure. */
+static Volume *find_volume(Manager *m, Call *c, const char *dev, const char *verb, bool use_key) {
+        Volume *v = volume_find(m, dev), *reg;
+        VolumeFile f = VOLUME_FILE_NULL;
+        VolumeProbe p = VOLUME_PROBE_NULL;
+        KeyInfo k = {};
+        const char *compartment = NULL;
+        bool root = call_caller(c)->uid == 0;
+        int r;
+
+        if (v)
+                return authorize_registered(m, c, v, dev, verb, use_key) < 0 ? NULL : v;
+
+        r = volume_file_open(m, c, dev, root ? 0 : VOLUME_OPEN_QUIET, &f);
+        if (r < 0)
+                return NULL;
+        v = volume_find_path(m, f.real);
+        if (v) {
+                /* a registered volume reached by another name */
+                volume_file_done(&f);
+                return authorize_registered(m, c, v, dev, verb, use_key) < 0 ? NULL : v;
+        }
+        r = volume_probe(&f, &p);
+        if (r >= 0 && !p.key_id)
+                r = -ENOENT;
+        if (r < 0) {
+                if (!root)
+                        reply_not_visible(c, dev);
+                else if (r == -ENOENT)
+                        call_errorf(c, CMEK_ERROR_VOLUME_NOT_FOUND, "'%s' is not a volume bound by cmekd (no cmek token)", dev);
+                else
+                        reply_errno(c, r, dev, NULL);
+                goto fail;
+        }
+        if (key_lookup(m, p.key_id, &k) >= 0)
+                compartment = k.compartment;
+        if (!root && !allowed(m, c, "inspect", "volumes", compartment, p.key_id, p.uuid)) {
+                audit_hidden_denial(m, c, p.key_id, p.uuid);
+                reply_not_visible(c, dev);
+                goto fail;
+        }
+        if (manager_authorize(m, c, verb, "volumes", compartment, p.key_id, p.uuid) < 0 ||
+            (use_key && manager_authorize(m, c, "use", "keys", compartment, p.key_id, NULL) < 0))
+                goto fail;
+        reg = volume_find_uuid(m, p.uuid);
+        if (reg && reg->key_id && !streq(reg->key_id, p.key_id) &&
+            authorize_volume(m, c, reg, verb, use_key) < 0)
+                goto fail;
+        /* registering it (or taking it as the registered volume's new path) is a state change */
+        if (manager_authorize(m, c, "manage", "volumes", compartment, p.key_id, p.uuid) < 0)
+                goto fail;
+        r = volume_adopt_file(m, &f, p.uuid, &v);
+        if (r == -EADDRINUSE) {
+                reply_registered_elsewhere(c, dev, reg);
+                goto fail;
+        }
+        if (r < 0) {
+                reply_errno(c, r, dev, NULL);
+                goto fail;
+        }
+        if (r == 0)
+                audit(m, c, "volume.adopted", "ok", v, NULL, NULL, f.real);
+        else if (r == 2)
+                audit(m, c, "volume.moved", "ok", v, NULL, NULL, f.real);
+        key_info_done(&k);
+        volume_probe_done(&p);
+        volume_file_done(&f);
+        return v;
+fail:
+        key_info_done(&k);
+        volume_probe_done(&p);
+        volume_file_done(&f);
+        return NULL;
+}
+
+/* For changes of the wrapping (rewrap, unbind, remove-slot) of a registered volume: the key its
+ * header's token names now, when it is not the registry's, must be authorized too. Replies. */
+static int authorize_header_key(Manager *m, Call *c, Volume *v) {
+        VolumeFile f = VOLUME_FILE_NULL;
+        VolumeProbe p = VOLUME_PROBE_NULL;
+        int r = 0;
+
+        if (!v->path || volume_file_open_root(m, v->path, &f) < 0)
+                return 0; /* unreachable: nothing will be unwrapped from it */
+        if (volume_probe(&f, &p) >= 0 && streq_ptr(p.uuid, v->uuid) && p.key_id && !streq_ptr(p.key_id, v->key_id))
+                r = authorize_wrapping_key(m, c, p.key_id, v->uuid);
+        volume_probe_done(&p);
+        volume_file_done(&f);
         return r;
 }
 
@@ -313,6 +522,48 @@ static int restore_one(Manager *m, Call *c, Volume *v) {
         return reply_volume(m, c, v, false);
 }
 
+/* Is name the first field of a line of crypttab? */
+static bool crypttab_has(Manager *m, const char *name) {
+        const char *path = "/etc/crypttab";
+        _cleanup_fclose_ FILE *f = NULL;
+        char line[4096];
+
+        if (ENABLE_TEST_HOOKS && m->test_hooks && getenv("CMEKD_TEST_CRYPTTAB"))
+                path = getenv("CMEKD_TEST_CRYPTTAB");
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        while (fgets(line, sizeof(line), f)) {
+                char *s = line + strspn(line, " \t");
+                size_t l = strcspn(s, " \t\n");
+                if (*s == '#' || l == 0)
+                        continue;
+                if (l == strlen(name) && strncmp(s, name, l) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* A custom mapping name: only for root and callers granted "manage volumes" in the tenancy, and
+ * never one that exists already or that /etc/crypttab gives to a volume. Replies. */
+static int check_mapping_name(Manager *m, Call *c, Volume *v, const char *name) {
+        char path[256];
+
+        if (strncmp(name, "cmek-", 5) == 0 && streq(name + 5, v->uuid))
+                return 0;
+        if (call_caller(c)->uid != 0 && !allowed(m, c, "manage", "volumes", NULL, NULL, NULL))
+                return call_errorf(c, CMEK_ERROR_PERMISSION_DENIED, "a custom mapping name needs 'manage volumes in "
+                                   "tenancy': leave out --name (the mapping is cmek-%s)", v->uuid), -EACCES;
+        snprintf(path, sizeof(path), "/dev/mapper/%s", name);
+        if (access(path, F_OK) >= 0 || crypt_status(NULL, name) >= CRYPT_ACTIVE)
+                return call_errorf(c, CMEK_ERROR_ALREADY_EXISTS, "a mapping named '%s' already exists: choose another "
+                                   "--name, or leave it out", name), -EEXIST;
+        if (crypttab_has(m, name))
+                return call_errorf(c, CMEK_ERROR_ALREADY_EXISTS, "'%s' is a name /etc/crypttab gives to a volume "
+                                   "(systemd-cryptsetup expects it): choose another --name, or leave it out", name), -EEXIST;
+        return 0;
+}
+
 static int method_unlock(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device"), *name = cmek_json_get_string(params, "name");
         bool test = cmek_json_get_bool(params, "test", false);
@@ -324,10 +575,10 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
                 return invalid(c, "\"device\" (string) is required");
         if (name && (!*name || strchr(name, '/') || strlen(name) > 127))
                 return invalid(c, "\"name\" must be a device-mapper name (no '/', at most 127 bytes)");
-        v = find_volume(m, c, dev);
+        v = find_volume(m, c, dev, "use", true);
         if (!v)
                 return 0;
-        if (authorize_volume(m, c, v, "use", true) < 0)
+        if (name && check_mapping_name(m, c, v, name) < 0)
                 return 0;
         /* every permitted request looks at the token too, not only the watch timer (after the
          * permission check: a refused client must not make us touch the token) */
@@ -362,10 +613,8 @@ static int method_restore(Manager *m, Call *c, json_object *params) {
         if (!!dev == !!key)
                 return invalid(c, "give either \"device\" or \"key\"");
         if (dev) {
-                Volume *v = find_volume(m, c, dev);
+                Volume *v = find_volume(m, c, dev, "use", true);
                 if (!v)
-                        return 0;
-                if (authorize_volume(m, c, v, "use", true) < 0)
                         return 0;
                 volumes_watch_now(m);
                 return restore_one(m, c, v);
@@ -431,10 +680,8 @@ static int method_lock(Manager *m, Call *c, json_object *params) {
 
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
-        v = find_volume(m, c, dev);
+        v = find_volume(m, c, dev, "use", false);
         if (!v)
-                return 0;
-        if (authorize_volume(m, c, v, "use", false) < 0)
                 return 0;
         r = volume_deactivate(m, v);
         if (r == -ENXIO)
@@ -519,7 +766,9 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
         if (devs && json_object_array_length(devs) > 0) {
                 for (size_t i = 0; i < json_object_array_length(devs); i++) {
                         const char *d = json_object_get_string(json_object_array_get_idx(devs, i));
-                        Volume *v = d ? find_volume(m, c, d) : NULL;
+                        Volume *v = d ? find_volume(m, c, d, "manage", true) : NULL;
+                        if (v && authorize_header_key(m, c, v) < 0)
+                                v = NULL, d = "";
                         if (!v) {
                                 json_object_put(results);
                                 key_info_done(&k);
@@ -619,10 +868,10 @@ static int method_unbind(Manager *m, Call *c, json_object *params) {
 
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
-        v = find_volume(m, c, dev);
+        v = find_volume(m, c, dev, "manage", true);
         if (!v)
                 return 0;
-        if (authorize_volume(m, c, v, "manage", true) < 0)
+        if (authorize_header_key(m, c, v) < 0)
                 return 0;
         uuid = strdup(v->uuid);
         old_key = v->key_id ? strdup(v->key_id) : NULL;
@@ -690,10 +939,8 @@ static int method_show(Manager *m, Call *c, json_object *params) {
 
         if (!dev)
                 return invalid(c, "\"device\" (string) is required");
-        v = find_volume(m, c, dev);
+        v = find_volume(m, c, dev, "read", false);
         if (!v)
-                return 0;
-        if (authorize_volume(m, c, v, "read", false) < 0)
                 return 0;
         /* every permitted request looks at the token too, not only the watch timer */
         volumes_watch_now(m);
@@ -715,18 +962,25 @@ static int method_scan(Manager *m, Call *c, json_object *params) {
         for (size_t i = 0; i < json_object_array_length(paths); i++) {
                 const char *path = json_object_get_string(json_object_array_get_idx(paths, i));
                 Volume *v = NULL;
-                int r = path ? volume_adopt(m, path, &v) : -EINVAL;
+                VolumeFile f = VOLUME_FILE_NULL;
+                /* with the caller's own reach, like every caller path */
+                int r = path ? volume_file_open_as(m, call_caller(c), path, &f) : -EINVAL;
+                if (r >= 0)
+                        r = volume_adopt_file(m, &f, NULL, &v);
                 json_object *e = json_object_new_object();
                 json_object_object_add(e, "path", json_object_new_string(strempty(path)));
                 json_object_object_add(e, "result", json_object_new_string(
-                                       r == 0 ? "added" : r > 0 ? "known" : r == -ENOENT ? "not bound" :
-                                       r == -EMEDIUMTYPE ? "not LUKS2" : strerror(-r)));
+                                       r == 0 ? "added" : r == 2 ? "moved" : r > 0 ? "known" : r == -ENOENT ? "not bound" :
+                                       r == -EMEDIUMTYPE ? "not LUKS2" :
+                                       r == -EADDRINUSE ? "registered at another path that still holds it" : strerror(-r)));
                 if (v)
                         json_object_object_add(e, "uuid", json_object_new_string(v->uuid));
                 if (r == 0) {
                         added++;
-                        audit(m, c, "volume.adopted", "ok", v, NULL, NULL, path);
-                }
+                        audit(m, c, "volume.adopted", "ok", v, NULL, NULL, f.real);
+                } else if (r == 2)
+                        audit(m, c, "volume.moved", "ok", v, NULL, NULL, f.real);
+                volume_file_done(&f);
                 json_object_array_add(a, e);
         }
         p = json_object_new_object();
@@ -793,9 +1047,11 @@ const Interface interface_volume = {
                 "method Create(path: string, key: string, size: ?int, strict: ?bool, force: ?bool,\n"
                 "              recovery_passphrase: ?string) -> (volume: VolumeInfo)\n"
                 "\n"
-                "# Binds an existing LUKS2 volume (unlock_secret: an existing passphrase or key file, base64),\n"
-                "# or moves a bound one to another key. Needs: use keys, manage volumes.\n"
-                "method Bind(device: string, key: string, unlock_secret: ?string) -> (volume: VolumeInfo)\n"
+                "# Binds an existing LUKS2 volume (unlock_secret: an existing passphrase or key file, base64,\n"
+                "# tried on keyslot unlock_keyslot only, default the first non-CMEK one), or moves a bound one\n"
+                "# to another key. The path is opened with the caller's own access. Needs: use keys, manage\n"
+                "# volumes (and both on the key that wraps the volume now, to move it).\n"
+                "method Bind(device: string, key: string, unlock_secret: ?string, unlock_keyslot: ?int) -> (volume: VolumeInfo)\n"
                 "\n"
                 "# Re-wraps under the provider-managed default key, or removes the CMEK keyslot and token.\n"
                 "method Unbind(device: string, remove_slot: ?bool) -> (volume: ?VolumeInfo)\n"

@@ -29,6 +29,9 @@
 #include <libdevmapper.h>
 #include <linux/keyctl.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <linux/fs.h>
 #include <openssl/rand.h>
 
 #include "cmek-fault.h"
@@ -152,24 +155,42 @@ static int set_str(char **p, const char *s) {
 
 Volume *volume_find(Manager *m, const char *s) {
         VolumeRegistry *reg = m->volumes;
-        char *real;
 
         if (!reg || !s)
                 return NULL;
+        /* UUID first, then path, then mapping name: a mapping named like another volume's UUID
+         * (or path) never shadows that volume */
         for (size_t i = 0; i < reg->n; i++)
-                if (streq(reg->volumes[i]->uuid, s) || streq_ptr(reg->volumes[i]->path, s) ||
-                    streq_ptr(reg->volumes[i]->mapping, s))
+                if (streq(reg->volumes[i]->uuid, s))
                         return reg->volumes[i];
-        /* a path given differently (relative, through a symlink) */
-        real = realpath(s, NULL);
-        if (real) {
-                for (size_t i = 0; i < reg->n; i++)
-                        if (streq_ptr(reg->volumes[i]->path, real)) {
-                                free(real);
-                                return reg->volumes[i];
-                        }
-                free(real);
-        }
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq_ptr(reg->volumes[i]->path, s))
+                        return reg->volumes[i];
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq_ptr(reg->volumes[i]->mapping, s))
+                        return reg->volumes[i];
+        return NULL;
+}
+
+Volume *volume_find_uuid(Manager *m, const char *uuid) {
+        VolumeRegistry *reg = m->volumes;
+
+        if (!reg || !uuid)
+                return NULL;
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq(reg->volumes[i]->uuid, uuid))
+                        return reg->volumes[i];
+        return NULL;
+}
+
+Volume *volume_find_path(Manager *m, const char *path) {
+        VolumeRegistry *reg = m->volumes;
+
+        if (!reg || !path)
+                return NULL;
+        for (size_t i = 0; i < reg->n; i++)
+                if (streq_ptr(reg->volumes[i]->path, path))
+                        return reg->volumes[i];
         return NULL;
 }
 
@@ -554,6 +575,8 @@ static int luks2_open(const char *path, struct crypt_device **ret) {
         return 0;
 }
 
+static int volume_open_header(Volume *v, struct crypt_device **ret);
+
 typedef struct HeaderTokens {
         size_t n;
         int id[CMEK_LUKS2_KEYSLOTS_MAX];
@@ -688,6 +711,96 @@ static int find_bound_token(struct crypt_device *cd, int *ret_id, CmekToken *ret
         return r;
 }
 
+/* ---- what is on disk, before authorization ---- */
+
+void volume_probe_done(VolumeProbe *p) {
+        free(p->uuid);
+        free(p->key_id);
+        *p = (VolumeProbe) VOLUME_PROBE_NULL;
+}
+
+static uint64_t be64(const uint8_t *b) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++)
+                v = v << 8 | b[i];
+        return v;
+}
+
+/* Copies the LUKS2 header areas (both copies) of fd into a sealed-off memfd the same size as the
+ * device (sparse): libcryptsetup reads the caller's header there, and whatever it would "repair"
+ * on load is repaired in the copy, never on the caller's file. */
+static int header_copy(int fd, const struct stat *st, int *ret) {
+        _cleanup_close_ int mfd = -1;
+        uint8_t hdr[16];
+        uint64_t size, hdr_size, copy;
+        ssize_t n;
+
+        if (S_ISBLK(st->st_mode)) {
+                if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+                        return -errno;
+        } else
+                size = (uint64_t) st->st_size;
+        n = pread(fd, hdr, sizeof(hdr), 0);
+        if (n < 0)
+                return -errno;
+        if (n < (ssize_t) sizeof(hdr) || memcmp(hdr, "LUKS\xba\xbe", 6) != 0)
+                return -EMEDIUMTYPE;
+        if (hdr[6] != 0 || hdr[7] != 2)
+                return -EMEDIUMTYPE; /* LUKS1 */
+        hdr_size = be64(hdr + 8);
+        /* the sizes LUKS2 allows: 16 KiB .. 4 MiB, powers of two */
+        if (hdr_size < 16384 || hdr_size > 4U * 1024U * 1024U || (hdr_size & (hdr_size - 1)))
+                return -EMEDIUMTYPE;
+        copy = (2 * hdr_size < size ? 2 * hdr_size : size);
+        mfd = memfd_create("cmek-header", MFD_CLOEXEC);
+        if (mfd < 0)
+                return -errno;
+        if (ftruncate(mfd, (off_t) (size > copy ? size : copy)) < 0)
+                return -errno;
+        for (uint64_t off = 0; off < copy;) {
+                uint8_t buf[65536];
+                n = pread(fd, buf, copy - off < sizeof(buf) ? copy - off : sizeof(buf), (off_t) off);
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        break;
+                if (pwrite(mfd, buf, (size_t) n, (off_t) off) != n)
+                        return -EIO;
+                off += (uint64_t) n;
+        }
+        *ret = TAKE_FD(mfd);
+        return 0;
+}
+
+int volume_probe(const VolumeFile *f, VolumeProbe *ret) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        _cleanup_close_ int mfd = -1;
+        CmekToken t = CMEK_TOKEN_NULL;
+        VolumeProbe p = VOLUME_PROBE_NULL;
+        char path[32];
+        int tok, r;
+
+        r = header_copy(f->fd, &f->st, &mfd);
+        if (r < 0)
+                return r;
+        snprintf(path, sizeof(path), "/proc/self/fd/%d", mfd);
+        r = luks2_open(path, &cd);
+        if (r < 0)
+                return r;
+        p.uuid = strdup(crypt_get_uuid(cd) ?: "");
+        if (!p.uuid)
+                return -ENOMEM;
+        p.token = -1;
+        if (find_bound_token(cd, &tok, &t) >= 0) {
+                p.key_id = TAKE_PTR(t.key_id);
+                p.keyslot = t.keyslot;
+                p.token = tok;
+                cmek_token_done(&t);
+        }
+        *ret = p;
+        return 0;
+}
+
 /* ---- wrap / unwrap ---- */
 
 int volume_unwrap_token(Manager *m, const char *uuid, const CmekToken *t, void **ret_dek) {
@@ -783,10 +896,10 @@ static int volume_new(struct crypt_device *cd, const char *path, Volume **ret) {
 }
 
 /* Adds the CMEK keyslot (opened with dek) and its token: the shared tail of create and bind.
- * unlock NULL: cd holds the volume key (right after crypt_format). On any failure after the
+ * vk NULL: cd holds the volume key (right after crypt_format). On any failure after the
  * keyslot exists, the keyslot is destroyed again: bad input never leaves a half binding. */
 static int bind_new_keyslot(Manager *m, struct crypt_device *cd, const KeyInfo *key,
-                            const void *unlock, size_t unlock_size, int *ret_slot, int *ret_token, CmekToken *ret_t) {
+                            const void *vk, size_t vk_size, int *ret_slot, int *ret_token, CmekToken *ret_t) {
         _cleanup_secure_ void *dek = NULL;
         CmekToken t = CMEK_TOKEN_NULL;
         int slot, tok, r;
@@ -797,10 +910,8 @@ static int bind_new_keyslot(Manager *m, struct crypt_device *cd, const KeyInfo *
         r = crypt_set_pbkdf_type(cd, &pbkdf_minimal);
         if (r < 0)
                 return r;
-        if (unlock)
-                slot = crypt_keyslot_add_by_passphrase(cd, CRYPT_ANY_SLOT, unlock, unlock_size, dek, CMEK_DEK_SIZE);
-        else
-                slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, NULL, 0, dek, CMEK_DEK_SIZE);
+        /* vk NULL: cd holds the volume key (right after crypt_format) */
+        slot = crypt_keyslot_add_by_volume_key(cd, CRYPT_ANY_SLOT, vk, vk_size, dek, CMEK_DEK_SIZE);
         if (slot < 0)
                 return slot == -ENOENT ? -EPERM : slot;
         cmek_fault("bind-after-keyslot-add");
@@ -843,14 +954,11 @@ static int lookup_key(Manager *m, const char *key_id, KeyInfo *ret) {
         return r;
 }
 
-static int zero_or_force(const char *path, bool force) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+static int zero_or_force(int fd, bool force) {
         uint8_t buf[65536];
         ssize_t n;
 
-        if (fd < 0)
-                return -errno;
-        n = read(fd, buf, sizeof(buf));
+        n = pread(fd, buf, sizeof(buf), 0);
         if (n < 0)
                 return -errno;
         for (ssize_t i = 0; i < n; i++)
@@ -859,57 +967,44 @@ static int zero_or_force(const char *path, bool force) {
         return 0;
 }
 
-int volume_create(Manager *m, const char *path, uint64_t size, const char *key_id, bool force,
+int volume_create(Manager *m, const VolumeFile *f, uint64_t size, const char *key_id, bool force,
                   const void *recovery, size_t recovery_size, Volume **ret) {
         _cleanup_crypt_ struct crypt_device *cd = NULL;
         struct crypt_params_luks2 params = { .sector_size = 512 };
         KeyInfo key = {};
         CmekToken t = CMEK_TOKEN_NULL;
         Volume *v = NULL;
-        bool created = false;
         int slot = -1, tok = -1, r;
         uint8_t u[16];
         char uuid[37] = "";
-        _cleanup_free_ char *real = NULL;
 
         r = lookup_key(m, key_id, &key);
         if (r < 0)
                 return r;
 
-        if (access(path, F_OK) < 0) {
-                _cleanup_close_ int fd = -1;
-                if (errno != ENOENT || size == 0) {
-                        r = errno == ENOENT ? -ENODEV : -errno;
+        if (f->created) {
+                if (size == 0 || ftruncate(f->fd, (off_t) size) < 0) {
+                        r = size == 0 ? -ENODEV : -errno;
                         goto out;
                 }
-                fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-                if (fd < 0 || ftruncate(fd, (off_t) size) < 0) {
-                        r = -errno;
-                        goto out;
-                }
-                created = true;
         } else {
                 /* never format over a LUKS volume (any version), nor over data unless forced;
                  * except the header of a create of this path that was interrupted (its intent
                  * is still there): it was never handed out, the re-run formats it anew */
-                r = crypt_init(&cd, path);
+                r = crypt_init(&cd, f->proc);
                 if (r < 0)
                         goto out;
+                crypt_set_log_callback(cd, crypt_log_cb, NULL);
                 r = crypt_load(cd, CRYPT_LUKS, NULL);
-                if (r >= 0 && (!(real = realpath(path, NULL)) ||
-                               !intent_find(m, "create", crypt_get_uuid(cd), real)))
+                if (r >= 0 && !intent_find(m, "create", crypt_get_uuid(cd), f->real))
                         r = -EEXIST;
                 else if (r >= 0)
-                        log_info("%s: re-formatting the header of an interrupted volume create.", path);
+                        log_info("%s: re-formatting the header of an interrupted volume create.", f->real);
                 else
-                        r = zero_or_force(path, force);
+                        r = zero_or_force(f->fd, force);
                 crypt_free(TAKE_PTR(cd));
                 if (r < 0)
                         goto out;
-        }
-        if (!real && !(real = realpath(path, NULL))) {
-                r = -errno;
-                goto out;
         }
         /* choose the UUID, so that the intent names the header before it exists */
         if (RAND_bytes(u, sizeof(u)) != 1) {
@@ -920,11 +1015,11 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
         u[8] = (u[8] & 0x3f) | 0x80;
         snprintf(uuid, sizeof(uuid), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
                  u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-        r = intent_save(m, "create", uuid, real, -1, recovery != NULL);
+        r = intent_save(m, "create", uuid, f->real, -1, recovery != NULL);
         if (r < 0)
                 goto out;
 
-        r = crypt_init(&cd, path);
+        r = crypt_init(&cd, f->proc);
         if (r < 0)
                 goto out;
         crypt_set_log_callback(cd, crypt_log_cb, NULL);
@@ -950,7 +1045,7 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
                         goto out;
         }
 
-        r = volume_new(cd, path, &v);
+        r = volume_new(cd, f->real, &v);
         if (r >= 0)
                 r = volume_update_from_token(v, tok, &t, &key);
         if (r >= 0)
@@ -966,10 +1061,12 @@ int volume_create(Manager *m, const char *path, uint64_t size, const char *key_i
         *ret = v;
         r = 0;
 out:
-        if (r < 0 && created) {
+        if (r < 0 && f->created) {
+                /* the caller removes the file (with its own rights); no header is left: the
+                 * intent goes too (if this save fails, the start drops it) */
                 crypt_free(TAKE_PTR(cd));
-                (void) unlink(path);
-                /* no header left: the intent goes too (if this save fails, the start drops it) */
+                if (ftruncate(f->fd, 0) < 0)
+                        log_debug_errno(-errno, "Failed to truncate '%s' again: %m", f->real);
                 if (intent_find(m, "create", uuid, NULL)) {
                         intent_drop(m, uuid);
                         (void) volume_registry_save(m);
@@ -980,35 +1077,90 @@ out:
         return r;
 }
 
-int volume_bind(Manager *m, const char *path, const char *key_id,
-                const void *unlock, size_t unlock_size, Volume **ret) {
+/* Bind derives a key from the caller's passphrase with the PBKDF the caller's header names: the
+ * daemon's only thread runs it, so its cost is bounded before anything is derived. The limits are
+ * cryptsetup's own defaults for Argon2 (1 GiB, 4 threads) and a time cost that a 2-second
+ * benchmark of the default on a slow machine stays under; PBKDF2 at 10 million iterations is
+ * several times what the default 2-second benchmark gives for sha256. */
+#define BIND_ARGON2_MEMORY_MAX_KIB (1024U * 1024U)
+#define BIND_ARGON2_PARALLEL_MAX 4U
+#define BIND_ARGON2_TIME_MAX 16U
+#define BIND_ARGON2_COST_MAX_KIB (8ULL * 1024U * 1024U) /* memory x passes: 8 GiB of hashing */
+#define BIND_PBKDF2_ITERATIONS_MAX 10000000U
+
+static int keyslot_pbkdf_bounded(struct crypt_device *cd, int slot) {
+        struct crypt_pbkdf_type pb = {};
+        int r = crypt_keyslot_get_pbkdf(cd, slot, &pb);
+
+        if (r < 0)
+                return r;
+        if (!pb.type)
+                return -E2BIG;
+        if (streq(pb.type, CRYPT_KDF_PBKDF2))
+                return pb.iterations <= BIND_PBKDF2_ITERATIONS_MAX ? 0 : -E2BIG;
+        if (streq(pb.type, CRYPT_KDF_ARGON2I) || streq(pb.type, CRYPT_KDF_ARGON2ID))
+                return pb.max_memory_kb <= BIND_ARGON2_MEMORY_MAX_KIB && pb.parallel_threads <= BIND_ARGON2_PARALLEL_MAX &&
+                       pb.iterations <= BIND_ARGON2_TIME_MAX &&
+                       (uint64_t) pb.max_memory_kb * pb.iterations <= BIND_ARGON2_COST_MAX_KIB ? 0 : -E2BIG;
+        return -E2BIG;
+}
+
+/* The keyslot bind derives from: the one the caller named, else the first active one that no
+ * cmek token owns. Exactly one PBKDF runs per request. */
+static int bind_unlock_keyslot(struct crypt_device *cd, int wanted) {
+        int max = crypt_keyslot_max(CRYPT_LUKS2);
+        HeaderTokens h = {};
+
+        if (wanted >= 0)
+                return wanted < max && keyslot_active(cd, wanted) ? wanted : -ENXIO;
+        (void) read_cmek_tokens(cd, &h);
+        for (int i = 0; i < max; i++) {
+                bool cmek = false;
+                if (!keyslot_active(cd, i))
+                        continue;
+                for (size_t j = 0; j < h.n; j++)
+                        cmek = cmek || h.t[j].keyslot == i;
+                if (!cmek) {
+                        header_tokens_done(&h);
+                        return i;
+                }
+        }
+        header_tokens_done(&h);
+        return -ENXIO;
+}
+
+int volume_bind(Manager *m, const VolumeFile *f, const VolumeProbe *authorized, const char *key_id,
+                const void *unlock, size_t unlock_size, int unlock_keyslot, Volume **ret) {
         _cleanup_crypt_ struct crypt_device *cd = NULL;
+        _cleanup_secure_ void *vk = NULL;
+        size_t vk_size;
         CmekToken t = CMEK_TOKEN_NULL;
         KeyInfo key = {};
         Volume *v;
         int slot, tok, r;
 
-        r = luks2_open(path, &cd);
+        r = luks2_open(f->proc, &cd);
         if (r < 0)
                 return r;
+        /* what was authorized is what is acted on: the header did not change since the probe */
+        if (!streq_ptr(crypt_get_uuid(cd), authorized->uuid))
+                return -ESTALE;
         r = volume_header_repair(cd);
         if (r < 0)
                 return r;
 
         r = find_bound_token(cd, &tok, &t);
         if (r >= 0) {
-                /* already bound: "bind --key OTHER" moves it to another key */
+                /* already bound: "bind --key OTHER" moves it to another key; the caller was
+                 * authorized on the key that wraps the DEK now, and the volume was registered */
+                bool same = streq_ptr(t.key_id, authorized->key_id);
                 cmek_token_done(&t);
-                v = volume_find(m, crypt_get_uuid(cd));
-                if (!v) {
-                        r = volume_adopt(m, path, &v);
-                        if (r < 0)
-                                return r;
-                }
+                if (!same)
+                        return -ESTALE;
+                v = volume_find_uuid(m, crypt_get_uuid(cd));
+                if (!v || !streq_ptr(v->path, f->real))
+                        return -ESTALE;
                 crypt_free(TAKE_PTR(cd));
-                r = set_str(&v->path, path);
-                if (r < 0)
-                        return r;
                 RewrapResult res;
                 r = volume_rewrap(m, v, key_id, false, &res);
                 if (r < 0)
@@ -1016,32 +1168,51 @@ int volume_bind(Manager *m, const char *path, const char *key_id,
                 *ret = v;
                 return 1;
         }
+        if (authorized->key_id)
+                return -ESTALE;
 
         if (!unlock)
                 return -ENOKEY;
+        slot = bind_unlock_keyslot(cd, unlock_keyslot);
+        if (slot < 0)
+                return slot;
+        r = keyslot_pbkdf_bounded(cd, slot);
+        if (r < 0)
+                return r;
         r = lookup_key(m, key_id, &key);
         if (r < 0)
                 return r;
+        r = crypt_get_volume_key_size(cd);
+        if (r <= 0) {
+                r = -EINVAL;
+                goto out;
+        }
+        vk_size = (size_t) r;
+        vk = cmek_secure_alloc(vk_size);
+        if (!vk) {
+                r = -ENOMEM;
+                goto out;
+        }
+        r = crypt_volume_key_get(cd, slot, vk, &vk_size, unlock, unlock_size);
+        if (r < 0) {
+                r = r == -EPERM || r == -ENOENT ? -EPERM : r;
+                goto out;
+        }
         /* the keyslot bind_new_keyslot() takes (CRYPT_ANY_SLOT: the first free one) */
         slot = first_free_keyslot(cd);
-        if (slot >= 0) {
-                char *real = realpath(path, NULL);
-                r = intent_save(m, "bind", crypt_get_uuid(cd), real ?: path, slot, false);
-                free(real);
-        } else
-                r = slot;
+        r = slot >= 0 ? intent_save(m, "bind", crypt_get_uuid(cd), f->real, slot, false) : slot;
         if (r < 0)
                 goto out;
-        r = bind_new_keyslot(m, cd, &key, unlock, unlock_size, &slot, &tok, &t);
+        r = bind_new_keyslot(m, cd, &key, vk, vk_size, &slot, &tok, &t);
         if (r < 0) {
                 intent_drop(m, crypt_get_uuid(cd));
                 (void) volume_registry_save(m);
                 goto out;
         }
         intent_drop(m, crypt_get_uuid(cd));
-        v = volume_find(m, crypt_get_uuid(cd));
+        v = volume_find_uuid(m, crypt_get_uuid(cd));
         if (!v) {
-                r = volume_new(cd, path, &v);
+                r = volume_new(cd, f->real, &v);
                 if (r < 0)
                         goto out;
                 r = registry_add(m, v);
@@ -1050,7 +1221,7 @@ int volume_bind(Manager *m, const char *path, const char *key_id,
                         goto out;
                 }
         }
-        r = set_str(&v->path, path);
+        r = set_str(&v->path, f->real);
         if (r >= 0)
                 r = volume_update_from_token(v, tok, &t, &key);
         if (r >= 0)
@@ -1289,25 +1460,49 @@ int volume_remove_slot(Manager *m, Volume *v) {
         return volume_registry_remove(m, v);
 }
 
-int volume_adopt(Manager *m, const char *path, Volume **ret) {
+/* Registers the volume whose header is at dev (registered under real). A UUID registered at
+ * another path is never silently repointed: -EADDRINUSE, unless the registered device is gone
+ * and this header's token unwraps under the registered key (a rename: returns 2). */
+static int adopt(Manager *m, const char *dev, const char *real, const char *expect_uuid, Volume **ret) {
         _cleanup_crypt_ struct crypt_device *cd = NULL;
         CmekToken t = CMEK_TOKEN_NULL;
         KeyInfo key = {};
         Volume *v;
         int tok, r, known = 1;
 
-        r = luks2_open(path, &cd);
+        r = luks2_open(dev, &cd);
         if (r < 0)
                 return r;
+        if (expect_uuid && !streq_ptr(crypt_get_uuid(cd), expect_uuid))
+                return -ESTALE;
+        v = volume_find_uuid(m, crypt_get_uuid(cd));
+        if (v && !streq_ptr(v->path, real)) {
+                _cleanup_crypt_ struct crypt_device *there = NULL;
+                _cleanup_secure_ void *dek = NULL;
+                CmekToken rt = CMEK_TOKEN_NULL;
+                int rtok;
+
+                if (volume_open_header(v, &there) >= 0)
+                        return -EADDRINUSE; /* the registered one is still there: a copy */
+                /* read-only until it is known to be the same volume: no repair yet */
+                r = find_bound_token(cd, &rtok, &rt);
+                if (r >= 0 && !streq_ptr(rt.key_id, v->key_id))
+                        r = -EADDRINUSE;
+                if (r >= 0 && volume_unwrap_token(m, v->uuid, &rt, &dek) < 0)
+                        r = -EADDRINUSE;
+                cmek_token_done(&rt);
+                if (r < 0)
+                        return r == -ENOENT ? -EADDRINUSE : r;
+                known = 2;
+        }
         r = volume_header_repair(cd);
         if (r < 0)
                 return r;
         r = find_bound_token(cd, &tok, &t);
         if (r < 0)
                 return r;
-        v = volume_find(m, crypt_get_uuid(cd));
         if (!v) {
-                r = volume_new(cd, path, &v);
+                r = volume_new(cd, real, &v);
                 if (r >= 0 && (r = registry_add(m, v)) < 0)
                         volume_free(v);
                 if (r < 0)
@@ -1319,11 +1514,8 @@ int volume_adopt(Manager *m, const char *path, Volume **ret) {
                 key_info_done(&key);
         } else
                 r = volume_update_from_token(v, tok, &t, NULL);
-        if (r >= 0) {
-                char *real = realpath(path, NULL);
-                r = set_str(&v->path, real ?: path);
-                free(real);
-        }
+        if (r >= 0)
+                r = set_str(&v->path, real);
         if (r >= 0)
                 r = volume_registry_save(m);
         if (r >= 0) {
@@ -1334,6 +1526,15 @@ int volume_adopt(Manager *m, const char *path, Volume **ret) {
 out:
         cmek_token_done(&t);
         return r;
+}
+
+int volume_adopt(Manager *m, const char *path, Volume **ret) {
+        _cleanup_free_ char *real = realpath(path, NULL);
+        return adopt(m, path, real ?: path, NULL, ret);
+}
+
+int volume_adopt_file(Manager *m, const VolumeFile *f, const char *expect_uuid, Volume **ret) {
+        return adopt(m, f->proc, f->real, expect_uuid, ret);
 }
 
 /* Finishes what a crash between a header write and the registry save left (see "intents"):

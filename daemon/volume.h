@@ -8,6 +8,7 @@
 
 #include "cmek-token.h"
 #include "manager.h"
+#include "volume-open.h"
 
 typedef enum VolumeState {
         VOLUME_BOUND,           /* CMEK keyslot and token present */
@@ -95,7 +96,23 @@ void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, in
 void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version);
 
 /* registry */
+/* UUID first, then registered path, then mapping name. */
 Volume *volume_find(Manager *m, const char *uuid_path_or_name);
+Volume *volume_find_uuid(Manager *m, const char *uuid);
+Volume *volume_find_path(Manager *m, const char *path);
+
+/* What a caller's header says, read before authorization without touching the file (no repair,
+ * no registry): its LUKS2 UUID and the key its bound cmek token names (NULL: not bound).
+ * -EMEDIUMTYPE when it is not LUKS2. */
+typedef struct VolumeProbe {
+        char *uuid;
+        char *key_id;
+        int keyslot;
+        int token;
+} VolumeProbe;
+#define VOLUME_PROBE_NULL { .keyslot = -1, .token = -1 }
+int volume_probe(const VolumeFile *f, VolumeProbe *ret);
+void volume_probe_done(VolumeProbe *p);
 int volume_registry_save(Manager *m);
 void volume_registry_defer_save(Manager *m);
 int volume_registry_flush(Manager *m);
@@ -105,14 +122,16 @@ int volume_registry_remove(Manager *m, Volume *v);
  * -EEXIST already formatted/bound, -EPERM the unlock secret opens nothing, -ENOTEMPTY it would
  * leave no keyslot, -ENOSPC no free keyslot/token, and key_encrypt()/key_decrypt()'s errors. */
 
-/* Formats PATH (creates a sparse image of size bytes when it does not exist and size > 0) and
- * binds it. recovery (may be NULL) adds a passphrase keyslot (Argon2id, the default PBKDF). */
-int volume_create(Manager *m, const char *path, uint64_t size, const char *key_id, bool force,
+/* Formats the opened file f (a new image of size bytes when f->created) and binds it.
+ * recovery (may be NULL) adds a passphrase keyslot (Argon2id, the default PBKDF). */
+int volume_create(Manager *m, const VolumeFile *f, uint64_t size, const char *key_id, bool force,
                   const void *recovery, size_t recovery_size, Volume **ret);
-/* Adds a CMEK keyslot to an existing LUKS2 volume, opening it once with unlock (a passphrase or
- * key file contents). On a bound volume moves it to key_id instead (unlock not needed). */
-int volume_bind(Manager *m, const char *path, const char *key_id,
-                const void *unlock, size_t unlock_size, Volume **ret);
+/* Adds a CMEK keyslot to an existing LUKS2 volume, deriving the volume key once from unlock (a
+ * passphrase or key file contents) with keyslot unlock_keyslot (-1: the first non-CMEK one); its
+ * PBKDF must cost no more than the defaults (-E2BIG). On a bound (and registered) volume moves it
+ * to key_id instead (unlock not needed). -ESTALE when the header no longer matches authorized. */
+int volume_bind(Manager *m, const VolumeFile *f, const VolumeProbe *authorized, const char *key_id,
+                const void *unlock, size_t unlock_size, int unlock_keyslot, Volume **ret);
 /* Unwraps the DEK of a token read from the header of the volume with this UUID. */
 int volume_unwrap_token(Manager *m, const char *uuid, const CmekToken *t, void **ret_dek);
 /* Opens the CMEK keyslot: name NULL only checks (no device-mapper needed). */
@@ -127,6 +146,11 @@ int volume_remove_slot(Manager *m, Volume *v);
 int volumes_resolve_intents(Manager *m);
 /* Registers a LUKS2 volume that carries a cmek token (registry rebuild). 0 added, 1 known. */
 int volume_adopt(Manager *m, const char *path, Volume **ret);
+/* The same for an opened caller file whose header must carry expect_uuid. -EADDRINUSE: the UUID is
+ * registered at another path that still holds it (or this header does not unwrap under the
+ * registered key); 2: registered elsewhere, that device is gone, this one is the same volume
+ * (renamed). */
+int volume_adopt_file(Manager *m, const VolumeFile *f, const char *expect_uuid, Volume **ret);
 
 /* Enforcement. Re-reads the keys of bound volumes from their tokens (metadata and usage flags)
  * and locks the mappings of every key that is not ENABLED: on the watch timer and at the start

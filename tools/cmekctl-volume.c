@@ -13,7 +13,7 @@
 
 enum {
         OPT_KEY = 0x100, OPT_SIZE, OPT_NAME, OPT_STRICT, OPT_FORCE, OPT_RECOVERY_STDIN, OPT_UNLOCK_KEY_FILE,
-        OPT_UNLOCK_STDIN, OPT_REMOVE_SLOT, OPT_TEST, OPT_NEW_SECRET,
+        OPT_UNLOCK_STDIN, OPT_UNLOCK_KEYSLOT, OPT_REMOVE_SLOT, OPT_TEST, OPT_NEW_SECRET,
 };
 
 /* cmekd resolves a relative path in its own working directory (/ under systemd), not ours: send
@@ -235,12 +235,13 @@ static int verb_create(int argc, char *argv[]) {
 }
 
 static int verb_bind(int argc, char *argv[]) {
-        static const char usage[] = "DEVICE --key KEY [--unlock-key-file FILE | --unlock-passphrase-stdin]";
+        static const char usage[] = "DEVICE --key KEY [--unlock-key-file FILE | --unlock-passphrase-stdin] [--unlock-keyslot N]";
         static const struct option options[] = {
                 CTL_OPTION_JSON,
                 { "key", required_argument, NULL, OPT_KEY },
                 { "unlock-key-file", required_argument, NULL, OPT_UNLOCK_KEY_FILE },
                 { "unlock-passphrase-stdin", no_argument, NULL, OPT_UNLOCK_STDIN },
+                { "unlock-keyslot", required_argument, NULL, OPT_UNLOCK_KEYSLOT },
                 {}
         };
         json_object *p = json_object_new_object(), *r = NULL;
@@ -257,6 +258,17 @@ static int verb_bind(int argc, char *argv[]) {
                 case OPT_KEY: json_object_object_add(p, "key", json_object_new_string(optarg)); break;
                 case OPT_UNLOCK_KEY_FILE: key_file = optarg; break;
                 case OPT_UNLOCK_STDIN: from_stdin = true; break;
+                case OPT_UNLOCK_KEYSLOT: {
+                        char *end;
+                        long slot = strtol(optarg, &end, 10);
+                        if (!*optarg || *end || slot < 0 || slot > 31) {
+                                fprintf(stderr, "cmekctl: --unlock-keyslot: '%s' is not a keyslot number (0-31).\n", optarg);
+                                json_object_put(p);
+                                return CTL_EXIT_USAGE;
+                        }
+                        json_object_object_add(p, "unlock_keyslot", json_object_new_int((int) slot));
+                        break;
+                }
                 default: json_object_put(p); return CTL_EXIT_USAGE;
                 }
         if (argc - optind != 1 || !json_object_object_get_ex(p, "key", NULL) || (key_file && from_stdin)) {
@@ -615,7 +627,7 @@ static int verb_scan(int argc, char *argv[]) {
 const Verb volume_verbs[] = {
         { "volume", "create", "PATH --key KEY [--size SIZE] [--strict | --recovery-passphrase-stdin] [--force] [--name NAME]",
           "Format a LUKS2 volume (sparse image if PATH is new) and bind it to a key", verb_create },
-        { "volume", "bind", "DEVICE --key KEY [--unlock-key-file F | --unlock-passphrase-stdin]",
+        { "volume", "bind", "DEVICE --key KEY [--unlock-key-file F | --unlock-passphrase-stdin] [--unlock-keyslot N]",
           "Bind an existing LUKS2 volume, or move a bound one to another key", verb_bind },
         { "volume", "unbind", "DEVICE [--remove-slot]",
           "Revert to the provider-managed key, or remove the CMEK keyslot", verb_unbind },

@@ -6,6 +6,9 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <cmocka.h>
 #include <libcryptsetup.h>
@@ -141,6 +144,63 @@ static char *img(const char *name) {
         return p[i];
 }
 
+/* What api-volume.c does through volume-open.c, without the caller's credentials: the path as
+ * an opened VolumeFile, probed before the operation. */
+static int file_open(const char *path, bool create, VolumeFile *f) {
+        char link[PATH_MAX];
+        ssize_t n;
+
+        *f = (VolumeFile) VOLUME_FILE_NULL;
+        f->fd = open(path, O_RDWR | O_CLOEXEC);
+        if (f->fd < 0 && errno == ENOENT && create) {
+                f->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+                f->created = f->fd >= 0;
+        }
+        if (f->fd < 0)
+                return errno == ENOENT ? -ENODEV : -errno;
+        assert_int_equal(fstat(f->fd, &f->st), 0);
+        snprintf(f->proc, sizeof(f->proc), "/proc/self/fd/%d", f->fd);
+        n = readlink(f->proc, link, sizeof(link) - 1);
+        assert_true(n > 0);
+        link[n] = 0;
+        f->real = strdup(link);
+        return 0;
+}
+
+static void file_close(VolumeFile *f) {
+        close(f->fd);
+        free(f->real);
+}
+
+static int create_at(Manager *m, const char *path, uint64_t size, const char *key, bool force,
+                     const void *recovery, size_t recovery_size, Volume **ret) {
+        VolumeFile f;
+        int r = file_open(path, size > 0, &f);
+        if (r < 0)
+                return r;
+        r = volume_create(m, &f, size, key, force, recovery, recovery_size, ret);
+        if (r < 0 && f.created)
+                unlink(path);
+        file_close(&f);
+        return r;
+}
+
+static int bind_at(Manager *m, const char *path, const char *key, const void *unlock, size_t unlock_size, Volume **ret) {
+        VolumeFile f;
+        VolumeProbe p = VOLUME_PROBE_NULL;
+        int r = file_open(path, false, &f);
+        if (r < 0)
+                return r;
+        r = volume_probe(&f, &p);
+        if (r >= 0 && p.key_id && !volume_find_uuid(m, p.uuid))
+                r = volume_adopt_file(m, &f, p.uuid, NULL);
+        if (r >= 0)
+                r = volume_bind(m, &f, &p, key, unlock, unlock_size, -1, ret);
+        volume_probe_done(&p);
+        file_close(&f);
+        return r;
+}
+
 /* Does the header open with this volume's token (whatever is in it now)? */
 static int opens_with_token(Volume *v) {
         return volume_activate(&manager, v, NULL);
@@ -199,7 +259,7 @@ static void test_create_unlock(void **state) {
         struct crypt_device *cd;
         const char *json;
 
-        assert_int_equal(volume_create(&manager, img("a.img"), 16 << 20, "cmek.key.test.a", false, NULL, 0, &v), 0);
+        assert_int_equal(create_at(&manager, img("a.img"), 16 << 20, "cmek.key.test.a", false, NULL, 0, &v), 0);
         assert_int_equal(v->state, VOLUME_BOUND);
         assert_int_equal(v->key_version, 1);
         assert_int_equal(opens_with_token(v), 0);
@@ -214,7 +274,7 @@ static void test_create_unlock(void **state) {
         crypt_free(cd);
         /* creating over it again is refused */
         Volume *w;
-        assert_int_equal(volume_create(&manager, img("a.img"), 0, "cmek.key.test.a", true, NULL, 0, &w), -EEXIST);
+        assert_int_equal(create_at(&manager, img("a.img"), 0, "cmek.key.test.a", true, NULL, 0, &w), -EEXIST);
         /* registry persisted and reloads */
         volumes_done(&manager);
         assert_int_equal(volumes_init(&manager), 0);
@@ -236,19 +296,19 @@ static void test_bind_existing(void **state) {
                  "--pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - %s", img("b.img"), img("b.img"));
         assert_int_equal(system(cmd), 0);
         /* wrong secret: nothing written */
-        assert_int_equal(volume_bind(&manager, img("b.img"), "cmek.key.test.a", "nope", 4, &v), -EPERM);
+        assert_int_equal(bind_at(&manager, img("b.img"), "cmek.key.test.a", "nope", 4, &v), -EPERM);
         assert_int_equal(count_keyslots(img("b.img")), 1);
         assert_int_equal(count_tokens(img("b.img"), "cmek"), 0);
         /* disabled key: nothing written */
         stub_keys[0].state = KEY_STATE_DISABLED;
-        assert_int_equal(volume_bind(&manager, img("b.img"), "cmek.key.test.a", "pw", 2, &v), -EKEYREVOKED);
+        assert_int_equal(bind_at(&manager, img("b.img"), "cmek.key.test.a", "pw", 2, &v), -EKEYREVOKED);
         stub_keys[0].state = KEY_STATE_ENABLED;
         assert_int_equal(count_keyslots(img("b.img")), 1);
-        assert_int_equal(volume_bind(&manager, img("b.img"), "cmek.key.test.a", "pw", 2, &v), 0);
+        assert_int_equal(bind_at(&manager, img("b.img"), "cmek.key.test.a", "pw", 2, &v), 0);
         assert_int_equal(count_keyslots(img("b.img")), 2);
         assert_int_equal(opens_with_token(v), 0);
         /* bind --key OTHER moves it */
-        assert_int_equal(volume_bind(&manager, img("b.img"), "cmek.key.test.b", NULL, 0, &v), 1);
+        assert_int_equal(bind_at(&manager, img("b.img"), "cmek.key.test.b", NULL, 0, &v), 1);
         assert_string_equal(v->key_id, "cmek.key.test.b");
         assert_int_equal(opens_with_token(v), 0);
         assert_int_equal(count_keyslots(img("b.img")), 2);
@@ -257,9 +317,9 @@ static void test_bind_existing(void **state) {
                  "--pbkdf-force-iterations 1000 --key-file - %s && truncate -s 8M %s",
                  img("l1.img"), img("l1.img"), img("plain.img"));
         assert_int_equal(system(cmd), 0);
-        assert_int_equal(volume_bind(&manager, img("l1.img"), "cmek.key.test.a", "pw", 2, &v), -EMEDIUMTYPE);
-        assert_int_equal(volume_bind(&manager, img("plain.img"), "cmek.key.test.a", "pw", 2, &v), -EMEDIUMTYPE);
-        assert_int_equal(volume_bind(&manager, img("none.img"), "cmek.key.test.a", "pw", 2, &v), -ENODEV);
+        assert_int_equal(bind_at(&manager, img("l1.img"), "cmek.key.test.a", "pw", 2, &v), -EMEDIUMTYPE);
+        assert_int_equal(bind_at(&manager, img("plain.img"), "cmek.key.test.a", "pw", 2, &v), -EMEDIUMTYPE);
+        assert_int_equal(bind_at(&manager, img("none.img"), "cmek.key.test.a", "pw", 2, &v), -ENODEV);
 }
 
 static void test_rewrap(void **state) {
@@ -298,7 +358,7 @@ static void test_copied_token(void **state) {
         CmekToken t = CMEK_TOKEN_NULL;
         void *dek = NULL;
 
-        assert_int_equal(volume_create(&manager, img("c.img"), 16 << 20, "cmek.key.test.a", false, NULL, 0, &c), 0);
+        assert_int_equal(create_at(&manager, img("c.img"), 16 << 20, "cmek.key.test.a", false, NULL, 0, &c), 0);
         assert_int_equal(crypt_init(&cda, img("a.img")), 0);
         assert_int_equal(crypt_load(cda, CRYPT_LUKS2, NULL), 0);
         assert_int_equal(crypt_token_json_get(cda, a->token, &json), a->token);
@@ -361,14 +421,14 @@ static void test_remove_and_shred(void **state) {
         char cmd[512];
 
         /* strict: only the CMEK slot: remove-slot refused */
-        assert_int_equal(volume_create(&manager, img("s.img"), 16 << 20, "cmek.key.test.b", false, NULL, 0, &v), 0);
+        assert_int_equal(create_at(&manager, img("s.img"), 16 << 20, "cmek.key.test.b", false, NULL, 0, &v), 0);
         assert_int_equal(volume_remove_slot(&manager, v), -ENOTEMPTY);
         assert_int_equal(opens_with_token(v), 0);
         /* with a recovery passphrase (added by cryptsetup, cheap PBKDF for the test) */
         snprintf(cmd, sizeof(cmd), "truncate -s 20M %s && printf pw | cryptsetup luksFormat -q --type luks2 "
                  "--pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - %s", img("r.img"), img("r.img"));
         assert_int_equal(system(cmd), 0);
-        assert_int_equal(volume_bind(&manager, img("r.img"), "cmek.key.test.b", "pw", 2, &v), 0);
+        assert_int_equal(bind_at(&manager, img("r.img"), "cmek.key.test.b", "pw", 2, &v), 0);
         /* delete key b: s is shredded, r (and b.img) keep the passphrase */
         stub_keys[1].state = KEY_STATE_DELETED;
         volumes_key_state_changed(&manager, "cmek.key.test.b", KEY_STATE_PENDING_DELETION, KEY_STATE_DELETED);
