@@ -1905,7 +1905,7 @@ static int backing_header_keys(int fd, dev_t devno, const char **ret_uuid, char 
 
 /* The keys the on-disk header of the active mapping dm_scan.maps[i] names, and its backing
  * device's name ("loop3") for messages. */
-static int mapping_header_keys(size_t i, char **ret_backing, char ***ret_keys) {
+static int mapping_header_keys(size_t i, char **ret_backing, char **ret_uuid, char ***ret_keys) {
         _cleanup_free_ char *backing = NULL;
         const char *uuid = NULL;
         dev_t devno;
@@ -1924,6 +1924,8 @@ static int mapping_header_keys(size_t i, char **ret_backing, char ***ret_keys) {
         /* a header that is not the mapping's volume any more says nothing about its key */
         if (!dm_uuid_is_volume(dm_scan.maps[i].uuid, uuid))
                 return -EXDEV;
+        if (ret_uuid && !(*ret_uuid = strdup(uuid)))
+                return -ENOMEM;
         *ret_backing = TAKE_PTR(backing);
         return 0;
 }
@@ -1952,7 +1954,7 @@ static size_t volumes_lock_key_kernel(Manager *m, const char *key_id, KernelLock
         *ret = NULL;
         dm_scan_refresh();
         for (size_t i = 0; i < dm_scan.n; i++) {
-                _cleanup_free_ char *backing = NULL;
+                _cleanup_free_ char *backing = NULL, *uuid = NULL;
                 const char *name = dm_scan.maps[i].name;
                 char **keys = NULL;
                 bool covered = false, suspended = false;
@@ -1970,7 +1972,7 @@ static size_t volumes_lock_key_kernel(Manager *m, const char *key_id, KernelLock
                         continue;       /* gone since the scan */
                 if (suspended && kscan_is_locked(name))
                         continue;
-                r = mapping_header_keys(i, &backing, &keys);
+                r = mapping_header_keys(i, &backing, &uuid, &keys);
                 if (r < 0) {
                         if (r != -EMEDIUMTYPE)
                                 log_warning_errno(r, "Cannot read the LUKS2 header under mapping '%s' (%s), "
@@ -1988,7 +1990,7 @@ static size_t volumes_lock_key_kernel(Manager *m, const char *key_id, KernelLock
                 out = a;
                 out[n++] = (KernelLocked) {
                         .name = strdup(name),
-                        .uuid = strndup(dm_scan.maps[i].uuid + 12, 32),
+                        .uuid = TAKE_PTR(uuid),
                         .backing = TAKE_PTR(backing),
                         .error = r < 0 ? r : 0,
                 };
@@ -2038,7 +2040,7 @@ static void kernel_keys_collect(char ***ids, size_t *n) {
                 _cleanup_free_ char *backing = NULL;
                 char **keys = NULL;
 
-                if (mapping_header_keys(i, &backing, &keys) < 0)
+                if (mapping_header_keys(i, &backing, NULL, &keys) < 0)
                         continue;
                 for (char **k = keys; *k; k++) {
                         bool seen = false;
