@@ -20,6 +20,7 @@
  * The registry (volumes.json) is a cache of what the headers say; the header wins. */
 #include <ctype.h>
 #include <dirent.h>
+#include <endian.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -1714,7 +1715,7 @@ static char *mapping_users(const char *name) {
  * device-mapper UUID "CRYPT-LUKS2-<volume UUID without dashes>-<name>", which sysfs shows next to
  * the name. One scan of /sys/block serves every lookup for a second. */
 static struct {
-        struct { char *uuid, *name; } *maps;
+        struct { char *uuid, *name, *dev; } *maps;     /* dev: the kernel name, "dm-3" */
         size_t n;
         uint64_t usec;
 } dm_scan;
@@ -1723,6 +1724,7 @@ static void dm_scan_clear(void) {
         for (size_t i = 0; i < dm_scan.n; i++) {
                 free(dm_scan.maps[i].uuid);
                 free(dm_scan.maps[i].name);
+                free(dm_scan.maps[i].dev);
         }
         free(dm_scan.maps);
         dm_scan.maps = NULL;
@@ -1759,20 +1761,23 @@ static void dm_scan_refresh(void) {
         if (!d)
                 return;
         while ((de = readdir(d))) {
-                char *uuid, *name;
+                char *uuid, *name, *dev;
                 void *a;
                 if (strncmp(de->d_name, "dm-", 3) != 0)
                         continue;
                 uuid = sysfs_line(de->d_name, "uuid");
                 name = uuid && strncmp(uuid, "CRYPT-LUKS2-", 12) == 0 ? sysfs_line(de->d_name, "name") : NULL;
-                a = name ? reallocarray(dm_scan.maps, dm_scan.n + 1, sizeof(*dm_scan.maps)) : NULL;
+                dev = name ? strdup(de->d_name) : NULL;
+                a = dev ? reallocarray(dm_scan.maps, dm_scan.n + 1, sizeof(*dm_scan.maps)) : NULL;
                 if (!a) {
                         free(uuid);
                         free(name);
+                        free(dev);
                         continue;
                 }
                 dm_scan.maps = a;
                 dm_scan.maps[dm_scan.n].uuid = uuid;
+                dm_scan.maps[dm_scan.n].dev = dev;
                 dm_scan.maps[dm_scan.n++].name = name;
         }
         closedir(d);
@@ -1893,6 +1898,365 @@ static int mapping_suspend_wipe(const char *name) {
         return 0;
 }
 
+/* ---- enforcement from the kernel ----
+ * The registry says which volumes a key wraps, but an entry can be wrong (repointed at another
+ * file that carries the same UUID, edited by hand, lost), and lock-on-disable must not depend on
+ * it: a locking pass also asks the kernel. Every active dm-crypt mapping of a LUKS2 volume ->
+ * the one block device under it (sysfs slaves/) -> that device's LUKS2 header -> the keys its
+ * cmek tokens name. What a header names is cached per device number, header sequence id and
+ * UUID: a pass reads the 512-byte binary header of each mapping (one pread, no libcryptsetup)
+ * and loads the JSON area only when that changed. Never blocks on a suspended device below. */
+typedef struct KernelHeader {
+        dev_t devno;
+        uint64_t seqid;
+        char uuid[40];
+        char **key_ids;         /* NULL-terminated */
+} KernelHeader;
+
+static struct {
+        KernelHeader *h;
+        size_t n;
+        /* the mappings locked from the kernel side only, by name: not locked again while they
+         * stay suspended */
+        char **locked;
+        size_t n_locked;
+} kscan;
+
+static void strv_free_(char **l) {
+        for (char **p = l; p && *p; p++)
+                free(*p);
+        free(l);
+}
+
+static void kscan_clear(void) {
+        for (size_t i = 0; i < kscan.n; i++)
+                strv_free_(kscan.h[i].key_ids);
+        free(kscan.h);
+        for (size_t i = 0; i < kscan.n_locked; i++)
+                free(kscan.locked[i]);
+        free(kscan.locked);
+        kscan = (typeof(kscan)) {};
+}
+
+static bool kscan_is_locked(const char *name) {
+        for (size_t i = 0; i < kscan.n_locked; i++)
+                if (streq(kscan.locked[i], name))
+                        return true;
+        return false;
+}
+
+static void kscan_set_locked(const char *name) {
+        char **a;
+
+        if (kscan_is_locked(name))
+                return;
+        a = reallocarray(kscan.locked, kscan.n_locked + 1, sizeof(char *));
+        if (!a)
+                return;
+        kscan.locked = a;
+        if ((kscan.locked[kscan.n_locked] = strdup(name)))
+                kscan.n_locked++;
+}
+
+/* Does the device-mapper UUID "CRYPT-LUKS2-<uuid without dashes>-<name>" belong to this LUKS UUID? */
+static bool dm_uuid_is_volume(const char *dm_uuid, const char *luks_uuid) {
+        const char *p;
+
+        if (!dm_uuid || !luks_uuid || strncmp(dm_uuid, "CRYPT-LUKS2-", 12) != 0)
+                return false;
+        p = dm_uuid + 12;
+        for (const char *c = luks_uuid; *c; c++) {
+                if (*c == '-')
+                        continue;
+                if (tolower((unsigned char) *p) != tolower((unsigned char) *c))
+                        return false;
+                p++;
+        }
+        return *p == '-';
+}
+
+/* The one block device under a dm-crypt mapping: its kernel name ("loop0", "sda2") and number. */
+static int mapping_backing_device(const char *dmdev, char **ret_name, dev_t *ret_devno) {
+        _cleanup_free_ char *name = NULL, *s = NULL;
+        char path[PATH_MAX];
+        unsigned n = 0, ma, mi;
+        DIR *d;
+
+        (void) snprintf(path, sizeof(path), "/sys/block/%s/slaves", dmdev);
+        d = opendir(path);
+        if (!d)
+                return -errno;
+        for (struct dirent *de; (de = readdir(d));) {
+                if (de->d_name[0] == '.')
+                        continue;
+                n++;
+                free(name);
+                name = strdup(de->d_name);
+        }
+        closedir(d);
+        if (n != 1)
+                return n == 0 ? -ENXIO : -ENOTUNIQ;
+        if (!name)
+                return -ENOMEM;
+        (void) snprintf(path, sizeof(path), "/sys/class/block/%s/dev", name);
+        if (cmek_read_file(path, 64, &s, NULL) < 0 || sscanf(s, "%u:%u", &ma, &mi) != 2)
+                return -ENXIO;
+        *ret_devno = makedev(ma, mi);
+        *ret_name = TAKE_PTR(name);
+        return 0;
+}
+
+/* Opens /dev/NAME without blocking and checks that it is the block device DEVNO. A suspended
+ * device-mapper device would hold any read forever: -EAGAIN. */
+static int backing_open(const char *name, dev_t devno) {
+        char path[PATH_MAX];
+        struct stat st;
+        int fd;
+
+        if (strncmp(name, "dm-", 3) == 0) {
+                _cleanup_free_ char *suspended = sysfs_line(name, "suspended");
+                if (!suspended || !streq(suspended, "0"))
+                        return -EAGAIN;
+        }
+        (void) snprintf(path, sizeof(path), "/dev/%s", name);
+        for (char *c = path + 5; *c; c++)
+                if (*c == '!')
+                        *c = '/';       /* sysfs "cciss!c0d0" is /dev/cciss/c0d0 */
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode) || st.st_rdev != devno) {
+                close(fd);
+                return -ENXIO;
+        }
+        return fd;
+}
+
+/* The keys named by the cmek tokens of the LUKS2 header on FD (the device DEVNO), from the cache
+ * when the binary header did not change. Borrowed, valid until the next call. -EMEDIUMTYPE when
+ * there is no LUKS2 header (a detached header, a header wiped under a live mapping). */
+static int backing_header_keys(int fd, dev_t devno, const char **ret_uuid, char ***ret_keys) {
+        _cleanup_crypt_ struct crypt_device *cd = NULL;
+        HeaderTokens tokens = {};
+        uint8_t bin[512];
+        char fdpath[64], uuid[40];
+        uint64_t seqid;
+        uint16_t version;
+        KernelHeader *h = NULL;
+        char **keys;
+        int r;
+
+        if (pread(fd, bin, sizeof(bin), 0) != (ssize_t) sizeof(bin))
+                return -EIO;
+        memcpy(&version, bin + 6, sizeof(version));
+        if (memcmp(bin, "LUKS\xba\xbe", 6) != 0 || be16toh(version) != 2)
+                return -EMEDIUMTYPE;
+        memcpy(&seqid, bin + 16, sizeof(seqid));
+        seqid = be64toh(seqid);
+        memcpy(uuid, bin + 168, sizeof(uuid));
+        uuid[sizeof(uuid) - 1] = 0;
+        for (size_t i = 0; i < kscan.n; i++)
+                if (kscan.h[i].devno == devno) {
+                        h = &kscan.h[i];
+                        if (h->seqid == seqid && streq(h->uuid, uuid)) {
+                                *ret_uuid = h->uuid;
+                                *ret_keys = h->key_ids;
+                                return 0;
+                        }
+                }
+
+        /* libcryptsetup on the descriptor checked above: the checksums, the newer of the two copies */
+        (void) snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", fd);
+        r = crypt_init(&cd, fdpath);
+        if (r < 0)
+                return r;
+        crypt_set_log_callback(cd, crypt_log_cb, NULL);
+        r = crypt_load(cd, CRYPT_LUKS2, NULL);
+        if (r < 0)
+                return r == -EINVAL ? -EMEDIUMTYPE : r;
+        (void) read_cmek_tokens(cd, &tokens);
+        keys = calloc(tokens.n + 1, sizeof(char *));
+        for (size_t i = 0; keys && i < tokens.n; i++)
+                if (!(keys[i] = strdup(tokens.t[i].key_id))) {
+                        strv_free_(keys);
+                        keys = NULL;
+                }
+        header_tokens_done(&tokens);
+        if (!keys)
+                return -ENOMEM;
+        if (!h) {
+                KernelHeader *a = reallocarray(kscan.h, kscan.n + 1, sizeof(*kscan.h));
+                if (!a) {
+                        strv_free_(keys);
+                        return -ENOMEM;
+                }
+                kscan.h = a;
+                h = &kscan.h[kscan.n++];
+                *h = (KernelHeader) { .devno = devno };
+        }
+        strv_free_(h->key_ids);
+        h->key_ids = keys;
+        h->seqid = seqid;
+        /* the UUID libcryptsetup validated (it may come from the secondary copy) */
+        (void) snprintf(h->uuid, sizeof(h->uuid), "%s", strempty(crypt_get_uuid(cd)));
+        *ret_uuid = h->uuid;
+        *ret_keys = h->key_ids;
+        return 0;
+}
+
+/* The keys the on-disk header of the active mapping dm_scan.maps[i] names, and its backing
+ * device's name ("loop3") for messages. */
+static int mapping_header_keys(size_t i, char **ret_backing, char **ret_uuid, char ***ret_keys) {
+        _cleanup_free_ char *backing = NULL;
+        const char *uuid = NULL;
+        dev_t devno;
+        int fd, r;
+
+        r = mapping_backing_device(dm_scan.maps[i].dev, &backing, &devno);
+        if (r < 0)
+                return r;
+        fd = backing_open(backing, devno);
+        if (fd < 0)
+                return fd;
+        r = backing_header_keys(fd, devno, &uuid, ret_keys);
+        close(fd);
+        if (r < 0)
+                return r;
+        /* a header that is not the mapping's volume any more says nothing about its key */
+        if (!dm_uuid_is_volume(dm_scan.maps[i].uuid, uuid))
+                return -EXDEV;
+        if (ret_uuid && !(*ret_uuid = strdup(uuid)))
+                return -ENOMEM;
+        *ret_backing = TAKE_PTR(backing);
+        return 0;
+}
+
+static bool strv_contains_(char **l, const char *s) {
+        for (char **p = l; p && *p; p++)
+                if (streq(*p, s))
+                        return true;
+        return false;
+}
+
+typedef struct KernelLocked {
+        char *name, *uuid, *backing;
+        int error;
+} KernelLocked;
+
+/* After the registry's mappings of the key are locked: every other active mapping whose on-disk
+ * header names the key is suspended and its key wiped. Registry entries do not matter here, only
+ * which mappings the registry pass already locked (skip_mapping() below). Returns the number of
+ * mappings handled, each in *ret (locked, or error < 0 when it failed). */
+static size_t volumes_lock_key_kernel(Manager *m, const char *key_id, KernelLocked **ret) {
+        VolumeRegistry *reg = m->volumes;
+        KernelLocked *out = NULL;
+        size_t n = 0;
+
+        *ret = NULL;
+        dm_scan_refresh();
+        for (size_t i = 0; i < dm_scan.n; i++) {
+                _cleanup_free_ char *backing = NULL, *uuid = NULL;
+                const char *name = dm_scan.maps[i].name;
+                char **keys = NULL;
+                bool covered = false, suspended = false;
+                KernelLocked *a;
+                int r;
+
+                for (size_t j = 0; j < reg->n && !covered; j++) {
+                        Volume *v = reg->volumes[j];
+                        covered = streq_ptr(v->key_id, key_id) && v->lock != VOLUME_LOCK_NONE &&
+                                  (streq_ptr(v->mapping, name) || streq_ptr(v->restore_name, name));
+                }
+                if (covered)
+                        continue;
+                if (mapping_open_count(name, &suspended) == -ENODEV)
+                        continue;       /* gone since the scan */
+                if (suspended && kscan_is_locked(name))
+                        continue;
+                r = mapping_header_keys(i, &backing, &uuid, &keys);
+                if (r < 0) {
+                        if (r != -EMEDIUMTYPE)
+                                log_warning_errno(r, "Cannot read the LUKS2 header under mapping '%s' (%s), "
+                                                  "cannot tell whether key %s opens it: %m", name, dm_scan.maps[i].dev, key_id);
+                        continue;
+                }
+                if (!strv_contains_(keys, key_id))
+                        continue;
+                r = mapping_suspend_wipe(name);
+                if (r >= 0)
+                        kscan_set_locked(name);
+                a = reallocarray(out, n + 1, sizeof(*out));
+                if (!a)
+                        continue;       /* locked all the same; only the report is lost */
+                out = a;
+                out[n++] = (KernelLocked) {
+                        .name = strdup(name),
+                        .uuid = TAKE_PTR(uuid),
+                        .backing = TAKE_PTR(backing),
+                        .error = r < 0 ? r : 0,
+                };
+        }
+        *ret = out;
+        return n;
+}
+
+/* Logs and audits what volumes_lock_key_kernel() did, after every lock is in place. */
+static void volumes_report_kernel(Manager *m, const char *key_id, const char *key_state, KernelLocked *k, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                _cleanup_free_ char *detail = NULL;
+
+                if (k[i].error < 0)
+                        log_error_errno(k[i].error, "Failed to lock mapping '%s' on /dev/%s, whose LUKS2 header names key %s: %m",
+                                        strempty(k[i].name), strempty(k[i].backing), key_id);
+                else
+                        log_warning("Key %s is %s: mapping '%s' on /dev/%s is not registered under this key but its LUKS2 "
+                                    "header names it: suspended, volume key wiped from the kernel. Check 'cmekctl volume list'; "
+                                    "'cryptsetup resume %s' resumes it once the key is enabled again.",
+                                    key_id, key_state, strempty(k[i].name), strempty(k[i].backing), strempty(k[i].name));
+                (void) asprintf(&detail, "key %s is %s: mapping '%s' on /dev/%s found from the kernel (its header names "
+                                "the key, the registry does not): %s", key_id, key_state, strempty(k[i].name),
+                                strempty(k[i].backing), k[i].error < 0 ? strerror(-k[i].error) :
+                                "mapping suspended, volume key wiped from the kernel, I/O held");
+                AuditRecord rec = {
+                        .event = "volume.locked",
+                        .operation = "cmekd",
+                        .result = k[i].error < 0 ? "failed" : "ok",
+                        .key_id = key_id,
+                        .volume = k[i].uuid,
+                        .detail = detail,
+                };
+                (void) manager_audit(m, NULL, &rec);
+                free(k[i].name);
+                free(k[i].uuid);
+                free(k[i].backing);
+        }
+        free(k);
+}
+
+/* The keys named by the headers under every active mapping, for the watch: a key disabled in the
+ * token is seen even when no registry entry names it. */
+static void kernel_keys_collect(char ***ids, size_t *n) {
+        dm_scan_refresh();
+        for (size_t i = 0; i < dm_scan.n; i++) {
+                _cleanup_free_ char *backing = NULL;
+                char **keys = NULL;
+
+                if (mapping_header_keys(i, &backing, NULL, &keys) < 0)
+                        continue;
+                for (char **k = keys; *k; k++) {
+                        bool seen = false;
+                        char **a;
+                        for (size_t j = 0; j < *n && !seen; j++)
+                                seen = streq((*ids)[j], *k);
+                        if (seen || !(a = reallocarray(*ids, *n + 1, sizeof(char *))))
+                                continue;
+                        *ids = a;
+                        if (((*ids)[*n] = strdup(*k)))
+                                (*n)++;
+                }
+        }
+}
+
 static void volume_set_locked(Volume *v, VolumeLock lock) {
         v->lock = lock;
         v->suspended = lock == VOLUME_LOCK_SUSPENDED;
@@ -2000,7 +2364,9 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
         const char *key_state = key_state_to_string(state);
         unsigned n_locked = 0, n_failed = 0;
         uint64_t t0, t1, t2;
-        OnDisable how;
+        OnDisable how = ON_DISABLE_SUSPEND;
+        KernelLocked *klocked = NULL;
+        size_t n_kernel;
         bool any = false;
 
         /* the mappings opened by the plugin at boot or by hand count as much as ours: one fresh
@@ -2013,11 +2379,12 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
                 if (reg->volumes[i]->mapping && reg->volumes[i]->lock == VOLUME_LOCK_NONE)
                         any = true;
         }
-        if (!any || !locked)
+        if (!locked)
                 return;
-        how = key_on_disable(m, key_id);
+        if (any)
+                how = key_on_disable(m, key_id);
         t0 = cmek_monotonic_usec();
-        for (size_t i = 0; i < reg->n; i++) {
+        for (size_t i = 0; any && i < reg->n; i++) {
                 Volume *v = reg->volumes[i];
                 int r;
 
@@ -2033,6 +2400,16 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
                         n_locked++;
                 }
         }
+        /* then the live mappings the registry does not tie to this key, found from the kernel:
+         * after the registered ones, since each costs a header read */
+        n_kernel = volumes_lock_key_kernel(m, key_id, &klocked);
+        if (!any && n_kernel == 0)
+                return;
+        for (size_t i = 0; i < n_kernel; i++)
+                if (klocked[i].error < 0)
+                        n_failed++;
+                else
+                        n_locked++;
         t1 = cmek_monotonic_usec();
         if (how == ON_DISABLE_CLOSE)
                 for (size_t i = 0; i < reg->n; i++) {
@@ -2048,10 +2425,14 @@ static void volumes_lock_key(Manager *m, const char *key_id, KeyState state) {
         char closed[64] = "";
         if (how == ON_DISABLE_CLOSE)
                 (void) snprintf(closed, sizeof(closed), ", closed in %llu ms more", (unsigned long long) ((t2 - t1) / 1000));
-        log_notice("Key %s is %s: %u mapping(s) locked (%s) in %llu ms%s%s.", key_id, key_state, n_locked,
-                   on_disable_to_string(how), (unsigned long long) ((t1 - t0) / 1000), closed,
+        char kernel[96] = "";
+        if (n_kernel > 0)
+                (void) snprintf(kernel, sizeof(kernel), ", %zu found from the kernel only (suspended)", n_kernel);
+        log_notice("Key %s is %s: %u mapping(s) locked (%s) in %llu ms%s%s%s.", key_id, key_state, n_locked,
+                   on_disable_to_string(how), (unsigned long long) ((t1 - t0) / 1000), closed, kernel,
                    n_failed ? ", some failed" : "");
         (void) volume_registry_save(m);
+        volumes_report_kernel(m, key_id, key_state, klocked, n_kernel);
         for (size_t i = 0; i < reg->n; i++) {
                 Volume *v = reg->volumes[i];
                 if (!locked[i])
@@ -2153,6 +2534,12 @@ void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, in
         /* locking first: nothing else (audit, events, hooks) may delay it */
         if (new_state == KEY_STATE_DISABLED || new_state == KEY_STATE_PENDING_DELETION)
                 volumes_lock_key(m, key_id, new_state);
+        if (new_state == KEY_STATE_DELETED) {
+                /* a live mapping the registry does not tie to the key loses its volume key too */
+                KernelLocked *k = NULL;
+                size_t n = volumes_lock_key_kernel(m, key_id, &k);
+                volumes_report_kernel(m, key_id, key_state_to_string(new_state), k, n);
+        }
         if (new_state == KEY_STATE_DELETED)
                 for (size_t i = 0; i < reg->n; i++) {
                         Volume *v = reg->volumes[i];
@@ -2170,9 +2557,9 @@ void volumes_watch_now(Manager *m) {
         size_t n = 0;
         bool changed = false;
 
-        if (!reg || reg->n == 0)
+        if (!reg)
                 return;
-        ids = calloc(reg->n, sizeof(char *));
+        ids = calloc(reg->n + 1, sizeof(char *));
         if (!ids)
                 return;
         for (size_t i = 0; i < reg->n; i++) {
@@ -2196,6 +2583,8 @@ void volumes_watch_now(Manager *m) {
         }
         if (changed)
                 (void) volume_registry_save(m);
+        /* and the keys the headers of live mappings name, whatever the registry says */
+        kernel_keys_collect(&ids, &n);
         for (size_t j = 0; j < n; j++) {
                 KeyState st;
                 /* a change seen here reaches volumes_key_state_changed() through the key code;
@@ -2501,6 +2890,7 @@ void volumes_done(Manager *m) {
                 return;
         sd_event_source_disable_unref(reg->watch);
         dm_scan_clear();
+        kscan_clear();
         for (size_t i = 0; i < reg->n; i++)
                 volume_free(reg->volumes[i]);
         free(reg->volumes);

@@ -4,18 +4,32 @@
  * Reads the LUKS2 header with libcryptsetup only: no broker contact, no token plugin loaded, no
  * metadata lock (a header being rewritten fails to load here, and the writer's close brings a
  * "change" event that runs us again). Prints nothing and exits 0 for anything that is not a LUKS2
- * device with a valid cmek token, so the rule can import it blindly. See cmekd-crypttab(7). */
+ * device with a valid cmek token, so the rule can import it blindly. See cmekd-crypttab(7).
+ *
+ * Hotplug attach (CMEK_ATTACH=1) only for the device cmekd registered: its UUID is in cmekd's
+ * registry (<state-dir>/volumes.json), bound, under the key the token names, and the device is
+ * the registered one (the same block device, or a loop device over the registered image file).
+ * Anyone who can attach a block device (a USB stick, a loop device through udisks, a VM disk) can
+ * write any cmek token on it: a copy of a registered volume, or an unknown device, is attached
+ * only when a local rule opts in with ENV{CMEK_AUTOATTACH}="1". Refusals and opt-ins are logged
+ * (syslog, and CMEK_ATTACH_REFUSED=<why> in the udev database). */
 #include <ctype.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <syslog.h>
+#include <json-c/json.h>
 #include <libcryptsetup.h>
 
 #include "cmek-token.h"
 #include "cmek-util.h"
 
 #define CRYPTTAB_DEFAULT "/etc/crypttab"
+#define STATE_DIR_DEFAULT "/var/lib/cmekd"      /* StateDirectory=cmekd of cmekd.service */
+#define REGISTRY_MAX (64U * 1024U * 1024U)
 
 /* Only a canonical 8-4-4-4-12 hex UUID: it goes into unit names and a device alias path. */
 static bool uuid_is_canonical(const char *s) {
@@ -81,6 +95,74 @@ static int listed_in_crypttab(const char *uuid, const struct stat *st) {
         return 0;
 }
 
+/* Is the device (stat st, path dev) the file or device at path reg? The same block device, the
+ * same regular file, or a loop device whose backing file is that file. */
+static bool same_device(const char *dev, const struct stat *st, const char *reg) {
+        _cleanup_free_ char *backing = NULL;
+        char path[128];
+        struct stat sr, sb;
+        size_t n = 0;
+
+        if (!reg || reg[0] != '/' || stat(reg, &sr) < 0)
+                return false;
+        if (S_ISBLK(st->st_mode) && S_ISBLK(sr.st_mode))
+                return st->st_rdev == sr.st_rdev;
+        if (S_ISREG(st->st_mode) && S_ISREG(sr.st_mode))
+                return st->st_dev == sr.st_dev && st->st_ino == sr.st_ino;
+        if (!S_ISBLK(st->st_mode) || !S_ISREG(sr.st_mode))
+                return false;
+        /* a loop device over the registered image */
+        (void) snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/loop/backing_file",
+                        major(st->st_rdev), minor(st->st_rdev));
+        if (cmek_read_file(path, 4096, &backing, &n) < 0)
+                return false;
+        while (n > 0 && (backing[n - 1] == '\n' || backing[n - 1] == 0))
+                backing[--n] = 0;
+        return stat(backing, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_dev == sr.st_dev && sb.st_ino == sr.st_ino;
+}
+
+/* NULL when cmekd registered this device as the volume with this UUID under this key, else why not. */
+static const char *registered_mismatch(const char *state_dir, const char *dev, const struct stat *st,
+                                       const char *uuid, const char *key_id) {
+        _cleanup_free_ char *fn = NULL, *text = NULL;
+        json_object *root, *a;
+        const char *why = "unregistered";
+
+        if (asprintf(&fn, "%s/volumes.json", state_dir) < 0 || cmek_read_file(fn, REGISTRY_MAX, &text, NULL) < 0)
+                return "registry-unreadable";
+        root = json_tokener_parse(text);
+        if (!root || !json_object_object_get_ex(root, "volumes", &a) || !json_object_is_type(a, json_type_array)) {
+                json_object_put(root);
+                return "registry-unreadable";
+        }
+        for (size_t i = 0; i < json_object_array_length(a); i++) {
+                json_object *e = json_object_array_get_idx(a, i), *o;
+                const char *u = NULL, *state = NULL, *k = NULL, *path = NULL;
+
+                if (json_object_object_get_ex(e, "uuid", &o))
+                        u = json_object_get_string(o);
+                if (!u || strcasecmp(u, uuid) != 0)
+                        continue;
+                if (json_object_object_get_ex(e, "state", &o))
+                        state = json_object_get_string(o);
+                if (json_object_object_get_ex(e, "key_id", &o))
+                        k = json_object_get_string(o);
+                if (json_object_object_get_ex(e, "path", &o))
+                        path = json_object_get_string(o);
+                if (state && !streq(state, "BOUND"))
+                        why = "not-bound";
+                else if (!k || !streq(k, key_id))
+                        why = "other-key";
+                else if (!same_device(dev, st, path))
+                        why = "other-device";
+                else
+                        why = NULL;
+                break;
+        }
+        json_object_put(root);
+        return why;
+}
+
 static void log_quiet(int level, const char *msg, void *usrptr) {
         /* libcryptsetup explains every non-LUKS device on stderr: udev would log it for each disk */
 }
@@ -116,27 +198,52 @@ static int find_cmek_token(struct crypt_device *cd, CmekToken *ret, int *ret_id)
         return -ENOENT;
 }
 
+static int usage(int ret) {
+        fprintf(ret ? stderr : stdout, "Usage: %s [--state-dir DIR] DEVICE\n"
+                "Prints udev properties (CMEK_BOUND=1, ...) when DEVICE is a LUKS2 volume with a cmek token;\n"
+                "CMEK_ATTACH=1 only when cmekd registered DEVICE (registry in DIR, default " STATE_DIR_DEFAULT ")\n"
+                "or when the environment has CMEK_AUTOATTACH=1 (a udev rule's opt-in).\n",
+                program_invocation_short_name);
+        return ret;
+}
+
 int main(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "state-dir", required_argument, NULL, 's' },
+                {}
+        };
         struct crypt_device *cd = NULL;
         CmekToken t = CMEK_TOKEN_NULL;
+        const char *state_dir = STATE_DIR_DEFAULT, *dev, *optin;
         struct stat st;
         const char *uuid;
-        int id = -1, in_crypttab, ret = 0;
+        int id = -1, in_crypttab, ret = 0, c;
 
-        if (argc != 2 || argv[1][0] == '-') {
-                fprintf(stderr, "Usage: %s DEVICE\n"
-                        "Prints udev properties (CMEK_BOUND=1, ...) when DEVICE is a LUKS2 volume with a cmek token.\n",
-                        program_invocation_short_name);
-                return argc == 2 && streq(argv[1], "--help") ? 0 : 2;
-        }
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        return usage(0);
+                case 's':
+                        state_dir = optarg;
+                        break;
+                default:
+                        return usage(2);
+                }
+        if (optind != argc - 1)
+                return usage(2);
+        dev = argv[optind];
+        /* a property set by a local udev rule before 90-cmek.rules: "0" never attach, "1" attach
+         * a device cmekd did not register too */
+        optin = getenv("CMEK_AUTOATTACH");
 
         crypt_set_log_callback(NULL, log_quiet, NULL);
         (void) crypt_token_external_disable();  /* list tokens, never dlopen() plugins in udev */
         (void) crypt_metadata_locking(NULL, 0);
 
-        if (stat(argv[1], &st) < 0)
+        if (stat(dev, &st) < 0)
                 return 0;
-        if (crypt_init(&cd, argv[1]) < 0)
+        if (crypt_init(&cd, dev) < 0)
                 return 0;
         /* not LUKS2, unreadable, or a header being written: not ours (for now) */
         if (crypt_load(cd, CRYPT_LUKS2, NULL) < 0)
@@ -162,7 +269,29 @@ int main(int argc, char *argv[]) {
                uuid, uuid, t.key_id, t.key_version, t.vault, id, t.keyslot);
         if (in_crypttab > 0)
                 printf("CMEK_CRYPTTAB=1\n");
+        else if (streq_ptr(optin, "0"))
+                printf("CMEK_ATTACH_REFUSED=opted-out\n");
         else {
+                const char *why = registered_mismatch(state_dir, dev, &st, uuid, t.key_id);
+
+                if (why && !streq_ptr(optin, "1")) {
+                        /* not ours to open: whoever attached it chose its header and its token */
+                        openlog("cmek-udev-helper", LOG_PID, LOG_DAEMON);
+                        syslog(LOG_NOTICE, "%s: LUKS2 volume %s with a cmek token (key %s) is not attached: %s. "
+                               "cmekd attaches on hotplug only the device it registered ('cmekctl volume list'); "
+                               "set ENV{CMEK_AUTOATTACH}=\"1\" in a udev rule to attach it anyway.",
+                               dev, uuid, t.key_id, why);
+                        fprintf(stderr, "cmek-udev-helper: %s: not attached: %s\n", dev, why);
+                        printf("CMEK_ATTACH_REFUSED=%s\n", why);
+                        goto flush;
+                }
+                if (why) {
+                        openlog("cmek-udev-helper", LOG_PID, LOG_DAEMON);
+                        syslog(LOG_NOTICE, "%s: LUKS2 volume %s (key %s) is not the device cmekd registered (%s); "
+                               "attaching it because a udev rule set CMEK_AUTOATTACH=1.", dev, uuid, t.key_id, why);
+                        fprintf(stderr, "cmek-udev-helper: %s: %s, attached by opt-in (CMEK_AUTOATTACH=1)\n", dev, why);
+                        printf("CMEK_ATTACH_OPTIN=%s\n", why);
+                }
                 /* A device unit alias whose unit name is "dev-cmek-<UUID>.device": the dashes of the
                  * UUID become path separators, so cmek-attach@<UUID>.service can say
                  * BindsTo=dev-cmek-%i.device without "\x2d" escapes, which SYSTEMD_WANTS would lose
@@ -172,6 +301,7 @@ int main(int argc, char *argv[]) {
                         putchar(*p == '-' ? '/' : *p);
                 printf("\nCMEK_ATTACH=1\n");
         }
+flush:
         if (fflush(stdout) != 0)
                 ret = 1;
 out:

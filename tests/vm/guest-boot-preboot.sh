@@ -48,6 +48,9 @@ chmod 0700 /var/lib/cmekd
 # disks. hot.img and plain.img are for the hotplug test, which puts them on loop devices.
 mkdir -p /var/lib/cmek-vmtest /mnt/cmek
 cp --sparse=always "$CMEK_VM_DIR"/img/hot.img "$CMEK_VM_DIR"/img/plain.img /var/lib/cmek-vmtest/
+# hotplug attaches only the device cmekd registered: hot.img is registered where the guest has it
+sed -i "s|\"$CMEK_VM_DIR/img/hot.img\"|\"/var/lib/cmek-vmtest/hot.img\"|" /var/lib/cmekd/volumes.json
+grep -q '"/var/lib/cmek-vmtest/hot.img"' /var/lib/cmekd/volumes.json || { echo "hot.img is not in the registry" >&2; exit 1; }
 
 # crypttab: no key file, so systemd-cryptsetup tries the LUKS2 tokens (our plugin); headless:
 # never prompt; nofail: a volume that stays closed does not hold up the boot
