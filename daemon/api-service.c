@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <sys/prctl.h>
 
+#include <inttypes.h>
+
 #include "cmek-audit.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -93,6 +95,119 @@ int manager_authorize(Manager *m, Call *c, const char *verb, const char *resourc
         return -EACCES;
 }
 
+static int audit_path(Manager *m, char **ret) {
+        return asprintf(ret, "%s/audit.log", m->state_dir) < 0 ? -ENOMEM : 0;
+}
+
+#define AUDIT_RETRY_USEC (5ULL * 1000000ULL)
+static bool audit_retry_armed;
+static int audit_recover(Manager *m);
+
+static int on_audit_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        audit_retry_armed = false;
+        (void) audit_recover(m);
+        return 0;
+}
+
+static void audit_arm_retry(Manager *m) {
+        if (audit_retry_armed || !m->event)
+                return;
+        /* floating: freed with the loop */
+        if (sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, AUDIT_RETRY_USEC, 100000,
+                                       on_audit_retry, m) >= 0)
+                audit_retry_armed = true;
+}
+
+static void audit_set_error(Manager *m, int error) {
+        if (!m->audit_error) {
+                _cleanup_free_ char *path = NULL;
+                (void) audit_path(m, &path);
+                m->audit_error_usec = cmek_now_usec();
+                log_error("The audit log %s cannot be written (%s): refusing key use, unwrap, unlock and every "
+                          "state change until it can. Free space on its file system or repair it; service "
+                          "resumes by itself.", strempty(path), strerror(-error));
+        }
+        m->audit_error = error;
+        audit_arm_retry(m);
+        metrics_update(m);
+}
+
+void manager_audit_failed(Manager *m, int error) {
+        audit_set_error(m, error);
+}
+
+/* Back from unavailable: reopen a broken handle, check the space, and record the gap (its
+ * records are in the journal only) durably before anything else goes into the log. */
+static int audit_recover(Manager *m) {
+        _cleanup_free_ char *path = NULL, *detail = NULL, *since = NULL;
+        int r;
+
+        if (!m->audit_error)
+                return 0;
+        r = audit_path(m, &path);
+        if (r < 0)
+                return r;
+        if (!m->audit || cmek_audit_is_broken(m->audit)) {
+                CmekAudit *a = NULL;
+
+                m->audit = cmek_audit_close(m->audit);
+                r = cmek_audit_open_full(path, CMEK_AUDIT_GROUP_COMMIT, &a);
+                if (r < 0)
+                        goto fail;
+                m->audit = a;
+        }
+        r = cmek_audit_check_space(m->audit);
+        if (r < 0)
+                goto fail;
+        if (asprintf(&detail, "the audit log could not be written for %" PRIu64 " s (%s): %" PRIu64
+                     " record(s) went to the journal only (CMEK_AUDIT_FILE_ERROR=); audited operations were refused meanwhile",
+                     (cmek_now_usec() - m->audit_error_usec) / 1000000U, strerror(-m->audit_error), m->audit_lost) < 0)
+                return -ENOMEM;
+        r = cmek_audit_append(m->audit, &(CmekAuditEntry) {
+                        .event = "audit.resumed", .operation = "audit", .result = "ok", .detail = detail,
+                }, cmek_now_usec());
+        if (r >= 0)
+                r = cmek_audit_sync(m->audit);
+        if (r < 0)
+                goto fail;
+        log_notice("The audit log %s is writable again after %" PRIu64 " s; %" PRIu64 " record(s) are in the journal only.",
+                   path, (cmek_now_usec() - m->audit_error_usec) / 1000000U, m->audit_lost);
+        m->audit_error = 0;
+        m->audit_lost = 0;
+        metrics_update(m);
+        return 0;
+fail:
+        m->audit_error = r;
+        audit_arm_retry(m);
+        return r;
+}
+
+int manager_audit_ready(Manager *m) {
+        int r;
+
+        if (m->audit_error)
+                return audit_recover(m);
+        if (!m->audit) {
+                audit_set_error(m, -ENOTCONN);
+                return -ENOTCONN;
+        }
+        r = cmek_audit_check_space(m->audit);
+        if (r < 0)
+                audit_set_error(m, r);
+        return r;
+}
+
+int manager_audit_refuse(Manager *m, Call *c) {
+        _cleanup_free_ char *path = NULL;
+        (void) audit_path(m, &path);
+        return call_errorf(c, CMEK_ERROR_AUDIT_UNAVAILABLE,
+                           "The audit log %s cannot be written (%s), so cmekd refuses operations it cannot record. "
+                           "Free space on (or repair) the file system holding it; service resumes by itself "
+                           "once the log is writable. 'cmekctl status' shows the condition.",
+                           strempty(path), strerror(-(m->audit_error ?: -EIO)));
+}
+
 int manager_audit(Manager *m, Call *c, const AuditRecord *rec) {
         const Caller *caller = c ? call_caller(c) : NULL;
         CmekAuditEntry e = {
@@ -108,11 +223,22 @@ int manager_audit(Manager *m, Call *c, const AuditRecord *rec) {
                 e.gid = caller->gid;
                 e.pid = caller->pid;
         }
-        if (!m->audit)
-                return -ENOTCONN;
-        r = cmek_audit_append(m->audit, &e, cmek_now_usec());
-        if (r < 0)
+        if (m->audit_error)
+                (void) audit_recover(m);
+        if (m->audit_error || !m->audit) {
+                /* still unavailable: the journal gets the record, the file does not (the gap is
+                 * recorded by the "audit.resumed" line) */
+                r = m->audit_error ?: -ENOTCONN;
+                cmek_audit_journal_unwritten(&e, r);
+        } else
+                r = cmek_audit_append(m->audit, &e, cmek_now_usec());
+        if (r < 0) {
                 log_error_errno(r, "Failed to append to the audit log: %m");
+                m->audit_lost++;
+                audit_set_error(m, r);
+                if (c)
+                        call_set_audit_failed(c);
+        }
         return r;
 }
 
@@ -399,6 +525,16 @@ static int method_status(Manager *m, Call *c, json_object *params) {
         json_object_object_add(p, "clients", json_object_new_int64(m->n_connections));
         json_object_object_add(p, "test_hooks", json_object_new_boolean(m->test_hooks));
         json_object_object_add(p, "dumpable", json_object_new_boolean(prctl(PR_GET_DUMPABLE) > 0));
+        /* a status request is also a retry of an unavailable audit log */
+        if (m->audit_error)
+                (void) audit_recover(m);
+        {
+                _cleanup_free_ char *a = NULL;
+                if (m->audit_error && asprintf(&a, "unavailable (%s)", strerror(-m->audit_error)) < 0)
+                        a = NULL;
+                json_object_object_add(p, "audit", json_object_new_string(m->audit_error ? strempty(a) : "ok"));
+                json_object_object_add(p, "audit_unwritten", json_object_new_int64((int64_t) m->audit_lost));
+        }
         return call_reply(c, p);
 }
 
@@ -483,10 +619,6 @@ static int method_policy_check(Manager *m, Call *c, json_object *params) {
         return call_reply(c, p);
 }
 
-static int audit_path(Manager *m, char **ret) {
-        return asprintf(ret, "%s/audit.log", m->state_dir) < 0 ? -ENOMEM : 0;
-}
-
 static int method_audit_show(Manager *m, Call *c, json_object *params) {
         _cleanup_free_ char *path = NULL;
         json_object *entries = NULL, *p;
@@ -557,7 +689,11 @@ const Interface interface_service = {
                 "  policy_statements: int,\n"
                 "  clients: int,\n"
                 "  test_hooks: bool,\n"
-                "  dumpable: bool\n"
+                "  dumpable: bool,\n"
+                "  # \"ok\", or \"unavailable (REASON)\": audited operations are refused meanwhile\n"
+                "  audit: string,\n"
+                "  # records since the log became unavailable that went to the journal only\n"
+                "  audit_unwritten: int\n"
                 ")\n"
                 "\n"
                 "# Would this user (or group) be allowed to VERB RESOURCE? Asking about yourself is\n"

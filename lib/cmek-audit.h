@@ -36,6 +36,13 @@
 
 /* Longest line (including its newline) that cmek_audit_append() writes. */
 #define CMEK_AUDIT_LINE_MAX (64U * 1024U)
+/* Longest value of a string field (bytes of UTF-8, before JSON escaping); longer values are cut
+ * at a character boundary and end in "...[truncated N bytes]": the line is never dropped. With
+ * at most 6x growth from escaping, a line always fits in CMEK_AUDIT_LINE_MAX. */
+#define CMEK_AUDIT_FIELD_MAX 512U
+#define CMEK_AUDIT_DETAIL_MAX 2048U
+/* cmek_audit_check_space() wants at least this much free space on the log's file system. */
+#define CMEK_AUDIT_SPACE_MIN (64U * 1024U)
 
 typedef struct CmekAudit CmekAudit;
 
@@ -81,6 +88,16 @@ static inline void cmek_audit_closep(CmekAudit **a) {
  * now_usec 0 means now. -E2BIG if the line would exceed CMEK_AUDIT_LINE_MAX. After a failed
  * fdatasync() the handle refuses further appends (-EIO): close and reopen it. */
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec);
+/* A failed append still sends the entry to journald, with CMEK_AUDIT_FILE_ERROR=<strerror>
+ * instead of CMEK_AUDIT_SEQ/CMEK_AUDIT_HASH. */
+/* Before an operation that must be audited: 0 if the next append can be expected to be
+ * durable; -EIO if the handle is broken (reopen it), -EROFS, -ENOSPC (less than
+ * CMEK_AUDIT_SPACE_MIN free), or an fstatvfs() error. */
+int cmek_audit_check_space(CmekAudit *a);
+/* Sends only the journald entry, marked CMEK_AUDIT_FILE_ERROR=strerror(-error): for a record
+ * the caller knows it cannot write to the file. */
+void cmek_audit_journal_unwritten(const CmekAuditEntry *e, int error);
+bool cmek_audit_is_broken(const CmekAudit *a);
 /* seq and hash of the last line written (0 and 64 zeros for an empty log). */
 uint64_t cmek_audit_get_seq(const CmekAudit *a);
 const char *cmek_audit_get_hash(const CmekAudit *a);

@@ -197,6 +197,8 @@ static int verb_status(int argc, char *argv[]) {
                 ctl_print_field("policy", buf);
                 snprintf(buf, sizeof(buf), "%" PRIi64, clients);
                 ctl_print_field("clients", buf);
+                if (cmek_json_get_string(r, "audit"))
+                        ctl_print_field("audit", cmek_json_get_string(r, "audit"));
         }
         json_object_put(r);
         return 0;
