@@ -47,6 +47,134 @@ int manager_load_policy(Manager *m, bool reload) {
         return 0;
 }
 
+/* ---- denials: aggregated per uid, so that a caller without a grant cannot flood the log ----
+ * The first DENIAL_BURST denials of a uid in a second get their own line; the rest of that
+ * second are counted and written as one "policy.denied" line with "count" (when the second is
+ * over: a timer, or that uid's next denial). Beyond DENIAL_UIDS distinct uids in one second,
+ * the others share one bucket (uid -1). So a flood adds at most about DENIAL_BURST + 1 lines per
+ * uid per second, whatever its rate. */
+#define DENIAL_BURST 5U
+#define DENIAL_UIDS 256U
+#define DENIAL_WINDOW_USEC 1000000ULL
+#define ELEMENTSOF_DENIALS (DENIAL_UIDS + 1U)
+
+typedef struct Denials {
+        uid_t uid;
+        gid_t gid;
+        pid_t pid;
+        bool used;
+        uint64_t window_start;  /* CLOCK_MONOTONIC */
+        uint64_t window_realtime;
+        unsigned written;       /* lines written in this window */
+        uint64_t suppressed;    /* denials counted, not yet written */
+        char operation[128];    /* the last suppressed one */
+} Denials;
+
+static Denials denials[DENIAL_UIDS + 1];   /* the last one: the shared overflow bucket */
+static bool denial_timer_armed;
+
+static void denial_flush_one(Manager *m, Denials *d) {
+        _cleanup_free_ char *detail = NULL;
+        char when[32] = "";
+        time_t t = (time_t) (d->window_realtime / 1000000U);
+        struct tm tm;
+
+        if (d->suppressed == 0)
+                return;
+        if (gmtime_r(&t, &tm))
+                (void) strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        if (d->uid == (uid_t) -1 ?
+            asprintf(&detail, "%" PRIu64 " more denial(s) of other uids (more than %u uids denied) in the second from %s, aggregated (last: %s)",
+                     d->suppressed, DENIAL_UIDS, when, d->operation) < 0 :
+            asprintf(&detail, "%" PRIu64 " more denial(s) of uid %u in the second from %s, aggregated (last: %s)",
+                     d->suppressed, (unsigned) d->uid, when, d->operation) < 0)
+                detail = NULL;
+        CmekAuditEntry e = {
+                .event = "policy.denied", .operation = d->operation, .result = CMEK_ERROR_PERMISSION_DENIED,
+                .has_caller = d->uid != (uid_t) -1, .uid = d->uid, .gid = d->gid, .pid = d->pid,
+                .detail = detail ?: "aggregated denials", .count = d->suppressed,
+        };
+        d->suppressed = 0;
+        if (m->audit && !m->audit_error) {
+                if (cmek_audit_append(m->audit, &e, cmek_now_usec()) < 0)
+                        m->audit_lost++;
+        } else
+                cmek_audit_journal_unwritten(&e, m->audit_error ?: -ENOTCONN);
+}
+
+static int on_denial_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        uint64_t now = cmek_monotonic_usec();
+        bool pending = false;
+
+        denial_timer_armed = false;
+        for (size_t i = 0; i < ELEMENTSOF_DENIALS; i++) {
+                Denials *d = &denials[i];
+                if (!d->used)
+                        continue;
+                if (now - d->window_start >= DENIAL_WINDOW_USEC) {
+                        denial_flush_one(m, d);
+                        d->used = false;
+                } else if (d->suppressed > 0)
+                        pending = true;
+        }
+        if (pending && sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, DENIAL_WINDOW_USEC / 4, 50000,
+                                                  on_denial_timer, m) >= 0)
+                denial_timer_armed = true;
+        return 0;
+}
+
+/* true: write this denial's own line; false: it was counted. */
+static bool audit_denial_admit(Manager *m, const Caller *caller, const char *operation) {
+        uint64_t now = cmek_monotonic_usec();
+        Denials *d = NULL, *free_slot = NULL;
+
+        for (size_t i = 0; i < DENIAL_UIDS; i++) {
+                if (denials[i].used && denials[i].uid == caller->uid) {
+                        d = &denials[i];
+                        break;
+                }
+                if (!free_slot && (!denials[i].used ||
+                                   (denials[i].suppressed == 0 && now - denials[i].window_start >= DENIAL_WINDOW_USEC)))
+                        free_slot = &denials[i];
+        }
+        if (!d) {
+                d = free_slot ?: &denials[DENIAL_UIDS];
+                if (d != &denials[DENIAL_UIDS] || !d->used) {
+                        *d = (Denials) { .uid = free_slot ? caller->uid : (uid_t) -1, .used = true,
+                                         .window_start = now, .window_realtime = cmek_now_usec() };
+                }
+        }
+        if (now - d->window_start >= DENIAL_WINDOW_USEC) {
+                denial_flush_one(m, d);
+                d->window_start = now;
+                d->window_realtime = cmek_now_usec();
+                d->written = 0;
+        }
+        if (d->written < DENIAL_BURST && d != &denials[DENIAL_UIDS]) {
+                d->written++;
+                return true;
+        }
+        d->suppressed++;
+        d->gid = caller->gid;
+        d->pid = caller->pid;
+        if (d == &denials[DENIAL_UIDS])
+                d->uid = (uid_t) -1;
+        (void) snprintf(d->operation, sizeof(d->operation), "%s", strempty(operation));
+        if (!denial_timer_armed &&
+            sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, DENIAL_WINDOW_USEC, 50000,
+                                       on_denial_timer, m) >= 0)
+                denial_timer_armed = true;
+        return false;
+}
+
+/* At exit: write what is still counted. */
+void manager_audit_flush_denials(Manager *m) {
+        for (size_t i = 0; i < ELEMENTSOF_DENIALS; i++)
+                if (denials[i].used)
+                        denial_flush_one(m, &denials[i]);
+}
+
 static PolicyRequest make_request(const Caller *caller, PolicyVerb verb, const char *rtype,
                                   const char *compartment, const char *key_id, const char *volume_id) {
         return (PolicyRequest) {
@@ -87,10 +215,11 @@ int manager_authorize(Manager *m, Call *c, const char *verb, const char *resourc
                      compartment ? "compartment " : "tenancy", strempty(compartment),
                      needed ? "; add to the policy file: " : "", strempty(needed)) >= 0)
                 json_object_object_add(p, "message", json_object_new_string(msg));
-        (void) manager_audit(m, c, &(AuditRecord) {
-                .event = "policy.denied", .operation = call_method(c),
-                .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_id, .volume = volume_id,
-                .detail = msg });
+        if (audit_denial_admit(m, caller, call_method(c)))
+                (void) manager_audit(m, c, &(AuditRecord) {
+                        .event = "policy.denied", .operation = call_method(c),
+                        .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_id, .volume = volume_id,
+                        .detail = msg });
         (void) call_error(c, CMEK_ERROR_PERMISSION_DENIED, p);
         return -EACCES;
 }

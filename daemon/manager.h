@@ -118,6 +118,8 @@ int manager_audit_ready(Manager *m);
 int manager_audit_refuse(Manager *m, Call *c);
 /* The group commit's fdatasync() failed. */
 void manager_audit_failed(Manager *m, int error);
+/* Writes the denials still counted (api-service.c aggregates them per uid and second). */
+void manager_audit_flush_denials(Manager *m);
 /* Marks the call: its reply becomes io.cmek.AuditUnavailable (server.c). */
 void call_set_audit_failed(Call *c);
 

@@ -244,11 +244,20 @@ static int add_string(json_object *o, const char *key, const char *s, size_t max
                 clean[k] = 0;
         else
                 k = n;
-        if (max > 0 && k > max) {
+        size_t cut = k, cost = 0;
+        for (size_t i = 0; max > 0 && i < k; i++) {
+                /* what the byte costs in the line once json-c escaped it */
+                unsigned char ch = (unsigned char) (clean ?: s)[i];
+                cost += ch < 0x20 ? 6 : (ch == '"' || ch == '\\') ? 2 : 1;
+                if (cost > max) {
+                        cut = i;
+                        break;
+                }
+        }
+        if (cut < k) {
                 /* Capped, never dropped: keep a valid UTF-8 prefix and say how much was cut. */
-                char *t = malloc(max + 64);
+                char *t = malloc(cut + 64);
                 const char *src = clean ?: s;
-                size_t cut = max;
 
                 if (!t)
                         return -ENOMEM;
@@ -319,6 +328,7 @@ static int build_line(const CmekAudit *a, const CmekAuditEntry *e, uint64_t now_
         if (r >= 0) r = add_string(o, "new_state", e->new_state, CMEK_AUDIT_FIELD_MAX);
         if (r >= 0) r = add_string(o, "volume", e->volume, CMEK_AUDIT_FIELD_MAX);
         if (r >= 0) r = add_string(o, "detail", e->detail, CMEK_AUDIT_DETAIL_MAX);
+        if (r >= 0 && e->count > 0) r = add_int(o, "count", (int64_t) e->count);
         if (r >= 0) r = add_string(o, "prev", a->hash, 0);
         if (r < 0)
                 goto out;
@@ -418,7 +428,7 @@ static char *human_message(const CmekAuditEntry *e, int idx) {
 /* hash NULL: the line could not be written to the file (error says why); the journal still
  * gets the record, marked CMEK_AUDIT_FILE_ERROR, so no event is lost from both places. */
 static int send_journal(uint64_t seq, const CmekAuditEntry *e, const char *hash, int error) {
-        char *fields[21] = {};
+        char *fields[22] = {};
         struct iovec iov[ARRAY_SIZE(fields)];
         size_t n = 0;
         int idx = event_index(e->event), prio, r = 0;
@@ -456,6 +466,8 @@ static int send_journal(uint64_t seq, const CmekAuditEntry *e, const char *hash,
                 ADD("CMEK_CALLER_GID=%u", (unsigned) e->gid);
                 ADD("CMEK_CALLER_PID=%i", (int) e->pid);
         }
+        if (e->count > 0)
+                ADD("CMEK_COUNT=%" PRIu64, e->count);
         if (hash) {
                 ADD("CMEK_AUDIT_SEQ=%" PRIu64, seq);
                 ADD("CMEK_AUDIT_HASH=%s", hash);

@@ -36,11 +36,11 @@
 
 /* Longest line (including its newline) that cmek_audit_append() writes. */
 #define CMEK_AUDIT_LINE_MAX (64U * 1024U)
-/* Longest value of a string field (bytes of UTF-8, before JSON escaping); longer values are cut
- * at a character boundary and end in "...[truncated N bytes]": the line is never dropped. With
- * at most 6x growth from escaping, a line always fits in CMEK_AUDIT_LINE_MAX. */
+/* Longest value of a string field, in bytes as written (a control character counts 6, a quote
+ * or backslash 2: their JSON escapes); longer values are cut at a character boundary and end in
+ * "...[truncated N bytes]": the line is never dropped, and always fits in CMEK_AUDIT_LINE_MAX. */
 #define CMEK_AUDIT_FIELD_MAX 512U
-#define CMEK_AUDIT_DETAIL_MAX 2048U
+#define CMEK_AUDIT_DETAIL_MAX 1024U
 /* cmek_audit_check_space() wants at least this much free space on the log's file system. */
 #define CMEK_AUDIT_SPACE_MIN (64U * 1024U)
 
@@ -59,6 +59,7 @@ typedef struct CmekAuditEntry {
         const char *new_state;
         const char *volume;
         const char *detail;      /* free text for humans; never a secret */
+        uint64_t count;          /* > 0: this line stands for COUNT events (aggregated denials) */
 } CmekAuditEntry;
 
 enum {
