@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <sys/prctl.h>
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #include "cmek-audit.h"
 #include "cmek-varlink.h"
@@ -748,49 +751,226 @@ static int method_policy_check(Manager *m, Call *c, json_object *params) {
         return call_reply(c, p);
 }
 
+/* ---- AuditShow/AuditVerify: off the event loop ----
+ * Reading or verifying the whole log takes time proportional to its size; a worker thread does
+ * it (one job at a time, AUDIT_JOBS_MAX waiting) on its own file descriptor, and posts the
+ * finished job back through a pipe. The call stays open meanwhile; the loop keeps serving. */
+#define AUDIT_JOBS_MAX 16U
+#define AUDIT_SHOW_PAGE_DEFAULT 1000U
+#define AUDIT_SHOW_PAGE_MAX 10000U
+
+typedef struct AuditJob {
+        Manager *manager;
+        Call *call;
+        bool verify;
+        char *path;
+        uint64_t since, cursor;
+        unsigned limit;
+        /* results */
+        int r;
+        unsigned n, bad;
+        char *reason;
+        json_object *entries;
+        uint64_t next;
+        struct AuditJob *next_job;
+} AuditJob;
+
+static AuditJob *audit_jobs_head, *audit_jobs_tail;
+static unsigned audit_jobs_n;
+static bool audit_job_running;
+static int audit_job_pipe[2] = { -1, -1 };
+static sd_event_source *audit_job_source;
+
+static AuditJob *audit_job_free(AuditJob *j) {
+        if (!j)
+                return NULL;
+        call_unref(j->call);
+        free(j->path);
+        free(j->reason);
+        json_object_put(j->entries);
+        free(j);
+        return NULL;
+}
+
+static void *audit_job_thread(void *userdata) {
+        AuditJob *j = userdata;
+        ssize_t n;
+
+        if (j->verify)
+                j->r = cmek_audit_verify(j->path, &j->n, &j->bad, &j->reason);
+        else
+                j->r = cmek_audit_read_page(j->path, j->since, j->cursor, j->limit, &j->entries, &j->next);
+        do
+                n = write(audit_job_pipe[1], &j, sizeof(j));
+        while (n < 0 && errno == EINTR);
+        return NULL;
+}
+
+static void audit_job_start_next(Manager *m);
+
+static void audit_job_reply(AuditJob *j) {
+        Call *c = j->call;
+        json_object *p = json_object_new_object();
+
+        if (!call_is_open(c)) {
+                /* the client went away: nothing to say */
+        } else if (j->verify) {
+                json_object_object_add(p, "path", json_object_new_string(j->path));
+                json_object_object_add(p, "lines", json_object_new_int64(j->n));
+                json_object_object_add(p, "ok", json_object_new_boolean(j->r >= 0));
+                if (j->r < 0) {
+                        json_object_object_add(p, "bad_line", json_object_new_int64(j->bad));
+                        json_object_object_add(p, "reason", json_object_new_string(j->reason ?: strerror(-j->r)));
+                }
+                (void) call_reply(c, TAKE_PTR(p));
+        } else if (j->r == -EINVAL) {
+                (void) call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "\"cursor\" is not the start of a line of %s: "
+                                   "use 0 or a next_cursor from an earlier reply", j->path);
+        } else if (j->r < 0) {
+                (void) call_errorf(c, CMEK_ERROR_INTERNAL, "Failed to read the audit log %s: %s", j->path, strerror(-j->r));
+        } else {
+                json_object_object_add(p, "entries", TAKE_PTR(j->entries));
+                if (j->next > 0)
+                        json_object_object_add(p, "next_cursor", json_object_new_int64((int64_t) j->next));
+                (void) call_reply(c, TAKE_PTR(p));
+        }
+        json_object_put(p);
+}
+
+static int on_audit_job_done(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        AuditJob *j;
+        ssize_t n;
+
+        n = read(fd, &j, sizeof(j));
+        if (n != (ssize_t) sizeof(j))
+                return 0;
+        audit_job_running = false;
+        audit_job_reply(j);
+        audit_job_free(j);
+        audit_job_start_next(m);
+        return 0;
+}
+
+static void audit_job_start_next(Manager *m) {
+        pthread_attr_t attr;
+        pthread_t t;
+        AuditJob *j;
+        int r;
+
+        while (!audit_job_running && audit_jobs_head) {
+                j = audit_jobs_head;
+                audit_jobs_head = j->next_job;
+                if (!audit_jobs_head)
+                        audit_jobs_tail = NULL;
+                audit_jobs_n--;
+                if (!call_is_open(j->call)) {
+                        audit_job_free(j);
+                        continue;
+                }
+                r = pthread_attr_init(&attr);
+                if (r == 0) {
+                        (void) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                        r = pthread_create(&t, &attr, audit_job_thread, j);
+                        (void) pthread_attr_destroy(&attr);
+                }
+                if (r != 0) {
+                        (void) call_errorf(j->call, CMEK_ERROR_INTERNAL, "Failed to start reading the audit log: %s", strerror(r));
+                        audit_job_free(j);
+                        continue;
+                }
+                audit_job_running = true;
+        }
+}
+
+/* Takes ownership of j. */
+static int audit_job_submit(Manager *m, Call *c, AuditJob *j) {
+        int r;
+
+        if (audit_job_pipe[0] < 0) {
+                if (pipe2(audit_job_pipe, O_CLOEXEC) < 0) {
+                        audit_job_free(j);
+                        return -errno;
+                }
+                r = sd_event_add_io(m->event, &audit_job_source, audit_job_pipe[0], EPOLLIN, on_audit_job_done, m);
+                if (r < 0) {
+                        audit_job_free(j);
+                        return r;
+                }
+        }
+        if (audit_jobs_n >= AUDIT_JOBS_MAX) {
+                audit_job_free(j);
+                return call_errorf(c, CMEK_ERROR_BUSY, "%u audit log reads are already waiting: try again later", audit_jobs_n);
+        }
+        j->manager = m;
+        j->call = call_ref(c);
+        if (audit_jobs_tail)
+                audit_jobs_tail->next_job = j;
+        else
+                audit_jobs_head = j;
+        audit_jobs_tail = j;
+        audit_jobs_n++;
+        audit_job_start_next(m);
+        return 0;
+}
+
+void manager_audit_jobs_done(Manager *m) {
+        /* a running thread may still post: leave its pipe open (the process is exiting) */
+        audit_job_source = sd_event_source_disable_unref(audit_job_source);
+        while (audit_jobs_head) {
+                AuditJob *j = audit_jobs_head;
+                audit_jobs_head = j->next_job;
+                audit_job_free(j);
+        }
+        audit_jobs_tail = NULL;
+        audit_jobs_n = 0;
+}
+
 static int method_audit_show(Manager *m, Call *c, json_object *params) {
-        _cleanup_free_ char *path = NULL;
-        json_object *entries = NULL, *p;
-        int64_t since = 0;
+        AuditJob *j;
+        int64_t since = 0, cursor = 0, limit = AUDIT_SHOW_PAGE_DEFAULT;
         int r;
 
         r = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
         if (r < 0)
                 return r;
         (void) cmek_json_get_int64(params, "since_usec", &since);
-        r = audit_path(m, &path);
-        if (r < 0)
+        (void) cmek_json_get_int64(params, "cursor", &cursor);
+        (void) cmek_json_get_int64(params, "limit", &limit);
+        if (cursor < 0 || limit < 1 || limit > AUDIT_SHOW_PAGE_MAX)
+                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER,
+                                   "\"cursor\" must be >= 0 and \"limit\" 1-%u", AUDIT_SHOW_PAGE_MAX);
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        r = audit_path(m, &j->path);
+        if (r < 0) {
+                free(j);
                 return r;
-        r = cmek_audit_read(path, (uint64_t) (since > 0 ? since : 0), &entries);
-        if (r < 0)
-                return call_errorf(c, CMEK_ERROR_INTERNAL, "Failed to read the audit log %s: %s", path, strerror(-r));
-        p = json_object_new_object();
-        json_object_object_add(p, "entries", entries);
-        return call_reply(c, p);
+        }
+        j->since = (uint64_t) (since > 0 ? since : 0);
+        j->cursor = (uint64_t) cursor;
+        j->limit = (unsigned) limit;
+        return audit_job_submit(m, c, j);
 }
 
 static int method_audit_verify(Manager *m, Call *c, json_object *params) {
-        _cleanup_free_ char *path = NULL, *reason = NULL;
-        unsigned n = 0, bad = 0;
-        json_object *p;
+        AuditJob *j;
         int r;
 
         r = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
         if (r < 0)
                 return r;
-        r = audit_path(m, &path);
-        if (r < 0)
-                return r;
-        r = cmek_audit_verify(path, &n, &bad, &reason);
-        p = json_object_new_object();
-        json_object_object_add(p, "path", json_object_new_string(path));
-        json_object_object_add(p, "lines", json_object_new_int64(n));
-        json_object_object_add(p, "ok", json_object_new_boolean(r >= 0));
+        j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->verify = true;
+        r = audit_path(m, &j->path);
         if (r < 0) {
-                json_object_object_add(p, "bad_line", json_object_new_int64(bad));
-                json_object_object_add(p, "reason", json_object_new_string(reason ?: strerror(-r)));
+                free(j);
+                return r;
         }
-        return call_reply(c, p);
+        return audit_job_submit(m, c, j);
 }
 
 static const Method service_methods[] = {
@@ -837,8 +1017,9 @@ const Interface interface_service = {
                 "  volume_id: ?string\n"
                 ") -> (allowed: bool, statement: ?string)\n"
                 "\n"
-                "# Needs: read audit.\n"
-                "method AuditShow(since_usec: ?int) -> (entries: []object)\n"
+                "# Needs: read audit. One page of at most limit entries (default 1000, at most 10000),\n"
+                "# oldest first, from cursor (0 or an earlier next_cursor); next_cursor is absent at the end.\n"
+                "method AuditShow(since_usec: ?int, cursor: ?int, limit: ?int) -> (entries: []object, next_cursor: ?int)\n"
                 "\n"
                 "# Needs: read audit.\n"
                 "method AuditVerify() -> (path: string, lines: int, ok: bool, bad_line: ?int, reason: ?string)\n"

@@ -241,6 +241,7 @@ static int run(int argc, char *argv[]) {
         manager_audit_flush_denials(m);
         (void) manager_audit(m, NULL, &(AuditRecord) { .event = "daemon.stopped", .operation = "stop" });
 out:
+        manager_audit_jobs_done(m);
         server_done(m);
         events_done(m);
         modules_done(m);

@@ -120,6 +120,8 @@ int manager_audit_refuse(Manager *m, Call *c);
 void manager_audit_failed(Manager *m, int error);
 /* Writes the denials still counted (api-service.c aggregates them per uid and second). */
 void manager_audit_flush_denials(Manager *m);
+/* Drops queued AuditShow/AuditVerify jobs (their worker thread runs off the loop). */
+void manager_audit_jobs_done(Manager *m);
 /* Marks the call: its reply becomes io.cmek.AuditUnavailable (server.c). */
 void call_set_audit_failed(Call *c);
 

@@ -835,11 +835,13 @@ int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad
         return 0;
 }
 
-int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array) {
+int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset, unsigned limit,
+                         json_object **ret_array, uint64_t *ret_next) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *line = NULL;
         json_object *arr;
         size_t cap = 0;
+        uint64_t pos = offset, next = 0;
         ssize_t n;
 
         if (!path || !ret_array)
@@ -847,6 +849,13 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
         f = fopen(path, "re");
         if (!f)
                 return -errno;
+        if (offset > 0) {
+                /* a cursor is the start of a line: the byte before it is a newline */
+                if (fseeko(f, (off_t) offset - 1, SEEK_SET) < 0)
+                        return -errno;
+                if (fgetc(f) != '\n')
+                        return -EINVAL;
+        }
         arr = json_object_new_array();
         if (!arr)
                 return -ENOMEM;
@@ -857,6 +866,11 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
                 /* A torn tail: being written right now, or left by a crash until the next open. */
                 if (line[n - 1] != '\n')
                         break;
+                if (limit > 0 && json_object_array_length(arr) >= limit) {
+                        next = pos;     /* more to come: resume at this line */
+                        break;
+                }
+                pos += (uint64_t) n;
                 o = parse_object(line, (size_t) n - 1);
                 if (!o) {
                         json_object_put(arr);
@@ -878,5 +892,11 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
                 return -EIO;
         }
         *ret_array = arr;
+        if (ret_next)
+                *ret_next = next;
         return 0;
+}
+
+int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array) {
+        return cmek_audit_read_page(path, since_usec, 0, 0, ret_array, NULL);
 }

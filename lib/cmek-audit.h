@@ -113,6 +113,11 @@ int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad
 /* Reads entries with time_usec >= since_usec into a JSON array (newest last). A torn last line
  * is skipped; a complete line that is not a JSON object gives -EBADMSG. */
 int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array);
+/* The same, one page: starts at byte offset (0, or a *ret_next from an earlier page: the start
+ * of a line, else -EINVAL) and returns at most limit entries (0: no limit). *ret_next is the
+ * offset to resume at, 0 at the end of the file. */
+int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset, unsigned limit,
+                         json_object **ret_array, uint64_t *ret_next);
 /* The sd_id128 MESSAGE_ID string for an event type (stable, documented in docs/audit.md);
  * unknown or NULL events get the generic id. */
 const char *cmek_audit_message_id(const char *event);
