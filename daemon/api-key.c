@@ -548,7 +548,10 @@ const Interface interface_key = {
                 "  -> (version: int, iv: string, ciphertext: string, tag: string)\n"
                 "\n"
                 "method TestDecrypt(key: string, iv: string, ciphertext: string, tag: string, aad: ?string,\n"
-                "                   version: ?int) -> (plaintext: string)\n",
+                "                   version: ?int) -> (plaintext: string)\n"
+                "\n"
+                "# Any method but List and Show: the audit log cannot record the operation, so it was refused.\n"
+                "error AuditUnavailable (message: string)\n",
         .methods = key_methods,
 };
 
@@ -677,6 +680,9 @@ const Interface interface_vault = {
                 "\n"
                 "# The RSA-4096 public key (PEM) that import blobs are wrapped for; generated in the token\n"
                 "# on the first call.\n"
-                "method GetWrappingKey(vault: ?string) -> (vault: string, algorithm: string, public_key: string)\n",
+                "method GetWrappingKey(vault: ?string) -> (vault: string, algorithm: string, public_key: string)\n"
+                "\n"
+                "# GetWrappingKey: the audit log cannot record the operation, so it was refused.\n"
+                "error AuditUnavailable (message: string)\n",
         .methods = vault_methods,
 };

@@ -1090,6 +1090,9 @@ const Interface interface_volume = {
                 "error KeyDisabled (key_id: string, state: string, message: string)\n"
                 "error KeyPendingDeletion (key_id: string, state: string, message: string)\n"
                 "error KeyDeleted (key_id: string, state: string, message: string)\n"
-                "error KeyNotFound (key_id: ?string, message: string)\n",
+                "error KeyNotFound (key_id: ?string, message: string)\n"
+                "# Any method but List: the audit log cannot record the operation, so it was refused (Unwrap:\n"
+                "# no secret is sent).\n"
+                "error AuditUnavailable (message: string)\n",
         .methods = volume_methods,
 };

@@ -238,8 +238,10 @@ static int run(int argc, char *argv[]) {
         (void) sd_notifyf(0, "READY=1\nSTATUS=Serving keys from %s", m->state_dir);
         r = sd_event_loop(m->event);
         (void) sd_notify(0, "STOPPING=1\nSTATUS=Shutting down");
+        manager_audit_flush_denials(m);
         (void) manager_audit(m, NULL, &(AuditRecord) { .event = "daemon.stopped", .operation = "stop" });
 out:
+        manager_audit_jobs_done(m);
         server_done(m);
         events_done(m);
         modules_done(m);

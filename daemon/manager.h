@@ -40,6 +40,9 @@ struct Manager {
 
         Policy *policy;
         CmekAudit *audit;
+        int audit_error;                /* 0, or why the audit log cannot be written (-errno) */
+        uint64_t audit_error_usec;      /* since when (CLOCK_REALTIME) */
+        uint64_t audit_lost;            /* records that reached only the journal meanwhile */
         VaultSet *vaults;
         KeyStore *keys;
         VolumeRegistry *volumes;
@@ -105,8 +108,22 @@ typedef struct AuditRecord {
         const char *volume;     /* LUKS UUID or path */
         const char *detail;     /* free text, never a secret */
 } AuditRecord;
-/* Caller may be NULL (the daemon acting by itself, e.g. scheduled deletion). */
+/* Caller may be NULL (the daemon acting by itself, e.g. scheduled deletion). When the record
+ * cannot be written, the call's reply is turned into io.cmek.AuditUnavailable (a secret reply
+ * is never sent) and the log is marked unavailable until a retry succeeds. */
 int manager_audit(Manager *m, Call *c, const AuditRecord *rec);
+/* 0 if audited operations may run now (retries a failed log first), else -errno. */
+int manager_audit_ready(Manager *m);
+/* Replies io.cmek.AuditUnavailable saying which log cannot be written and what to do. */
+int manager_audit_refuse(Manager *m, Call *c);
+/* The group commit's fdatasync() failed. */
+void manager_audit_failed(Manager *m, int error);
+/* Writes the denials still counted (api-service.c aggregates them per uid and second). */
+void manager_audit_flush_denials(Manager *m);
+/* Drops queued AuditShow/AuditVerify jobs (their worker thread runs off the loop). */
+void manager_audit_jobs_done(Manager *m);
+/* Marks the call: its reply becomes io.cmek.AuditUnavailable (server.c). */
+void call_set_audit_failed(Call *c);
 
 /* Every interface the daemon serves; defined in api-*.c files, listed in server.c. */
 extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* */

@@ -78,6 +78,11 @@ json_object *metrics_snapshot(Manager *m) {
         json_object_object_add(o, "volumes", vols);
         json_object_object_add(o, "keys", karr);
         json_object_object_add(o, "counters", c);
+        c = json_object_new_object();
+        json_object_object_add(c, "writable", json_object_new_boolean(!m->audit_error));
+        json_object_object_add(c, "error", m->audit_error ? json_object_new_string(strerror(-m->audit_error)) : NULL);
+        json_object_object_add(c, "unwritten", json_object_new_int64((int64_t) m->audit_lost));
+        json_object_object_add(o, "audit", c);
         return o;
 }
 
@@ -155,6 +160,16 @@ int metrics_format_prometheus(json_object *snap, char **ret, size_t *ret_size) {
                 (void) cmek_json_get_int64(c, cm[j].field, &val);
                 fprintf(f, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIi64 "\n", cm[j].metric, cm[j].help,
                         cm[j].metric, cm[j].metric, val);
+        }
+        {
+                json_object *a = NULL;
+                int64_t lost = 0;
+                (void) json_object_object_get_ex(snap, "audit", &a);
+                (void) cmek_json_get_int64(a, "unwritten", &lost);
+                fprintf(f, "# HELP cmek_audit_writable 1 when the audit log can be written; 0: audited operations are refused.\n"
+                        "# TYPE cmek_audit_writable gauge\ncmek_audit_writable %d\n", cmek_json_get_bool(a, "writable", true));
+                fprintf(f, "# HELP cmek_audit_unwritten Records that went to the journal only while the audit log was unavailable.\n"
+                        "# TYPE cmek_audit_unwritten gauge\ncmek_audit_unwritten %" PRIi64 "\n", lost);
         }
         if (fclose(f) != 0) {
                 free(buf);
@@ -262,7 +277,10 @@ const Interface interface_metrics = {
                 "\n"
                 "type Counters (wrap: int, wrap_errors: int, unwrap: int, unwrap_errors: int)\n"
                 "\n"
-                "method Get() -> (volumes: []VolumeMetrics, keys: []KeyMetrics, counters: Counters)\n"
+                "# writable false: the audit log cannot be written and audited operations are refused\n"
+                "type AuditState (writable: bool, error: ?string, unwritten: int)\n"
+                "\n"
+                "method Get() -> (volumes: []VolumeMetrics, keys: []KeyMetrics, counters: Counters, audit: AuditState)\n"
                 "\n"
                 "# The same in Prometheus text format.\n"
                 "method Prometheus() -> (text: string)\n",

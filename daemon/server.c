@@ -44,6 +44,7 @@ struct Call {
         Connection *conn;       /* NULL once the client is gone */
         char *method;
         bool more, oneway, replied;
+        bool audit_failed;      /* an audit record of this call was not written: refuse */
         void (*on_close)(Call *c, void *userdata);
         void *userdata;
 };
@@ -185,6 +186,26 @@ static void call_finish(Call *call) {
         }
 }
 
+static json_object *audit_unavailable_message(Call *call) {
+        json_object *msg = json_object_new_object(), *p = json_object_new_object();
+        _cleanup_free_ char *s = NULL;
+
+        if (asprintf(&s, "The audit record of %s could not be written, so it was refused (see 'cmekctl status' "
+                     "and the daemon log): free space on (or repair) the file system holding the audit log in "
+                     "the state directory; service resumes by itself once the log is writable.",
+                     strempty(call->method)) < 0)
+                s = NULL;
+        json_object_object_add(p, "message", json_object_new_string(s ?: "audit log unavailable"));
+        json_object_object_add(msg, "error", json_object_new_string(CMEK_ERROR_AUDIT_UNAVAILABLE));
+        json_object_object_add(msg, "parameters", p);
+        return msg;
+}
+
+void call_set_audit_failed(Call *c) {
+        if (c)
+                c->audit_failed = true;
+}
+
 static int call_send(Call *call, json_object *msg, bool final) {
         Connection *c = call->conn;
         int r = 0;
@@ -192,6 +213,12 @@ static int call_send(Call *call, json_object *msg, bool final) {
         if (call->replied) {
                 json_object_put(msg);
                 return -EALREADY;
+        }
+        /* fail closed: what the audit log could not record gets no success reply */
+        if (call->audit_failed && !json_object_object_get_ex(msg, "error", NULL)) {
+                json_object_put(msg);
+                msg = audit_unavailable_message(call);
+                final = true;
         }
         if (c && !c->dead && !call->oneway) {
                 r = send_json(c, msg);
@@ -252,6 +279,11 @@ int call_reply_secret(Call *call, const char *field, const void *secret, size_t 
         char *buf;
         int r = 0;
 
+        if (call->audit_failed) {
+                /* the secret never leaves without its audit record */
+                json_object_put(extra);
+                return call_send(call, audit_unavailable_message(call), true);
+        }
         if (extra)
                 x = json_object_to_json_string_ext(extra, JSON_C_TO_STRING_PLAIN);
         xlen = strlen(x);
@@ -344,6 +376,23 @@ static const Method *find_method(const char *name, bool *ret_iface_known) {
         return NULL;
 }
 
+/* Methods that never write an audit line except a denial: they keep working while the audit
+ * log is unavailable (status shows the condition; show/verify help repair it). Every other
+ * method may use a key or change state, and is refused up front then. */
+static bool method_is_audited(const char *method) {
+        static const char *const unaudited[] = {
+                "org.varlink.service.GetInfo", "org.varlink.service.GetInterfaceDescription",
+                "io.cmek.Service.Status", "io.cmek.Service.PolicyCheck", "io.cmek.Service.AuditShow",
+                "io.cmek.Service.AuditVerify", "io.cmek.Events.Subscribe", "io.cmek.Metrics.Get",
+                "io.cmek.Metrics.Prometheus", "io.cmek.Key.List", "io.cmek.Key.Show", "io.cmek.Vault.List",
+                "io.cmek.Vault.Show", "io.cmek.Volume.List",
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(unaudited); i++)
+                if (streq(unaudited[i], method))
+                        return false;
+        return true;
+}
+
 static int dispatch(Connection *c, json_object *msg) {
         Manager *m = c->manager;
         const char *method = cmek_json_get_string(msg, "method");
@@ -382,6 +431,11 @@ static int dispatch(Connection *c, json_object *msg) {
                         json_object_object_add(p, "interface", json_object_new_string(iface ?: method));
                         (void) call_error(call, VARLINK_ERROR_INTERFACE_NOT_FOUND, p);
                 }
+                return 0;
+        }
+
+        if (method_is_audited(method) && manager_audit_ready(m) < 0) {
+                (void) manager_audit_refuse(m, call);
                 return 0;
         }
 
@@ -677,18 +731,48 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
         }
 }
 
-static int audit_commit(Manager *m) {
+/* The sync failed: the held replies answer calls whose audit lines may not be on disk. Each one
+ * (NUL-terminated message) is replaced by an AuditUnavailable error, and the connection closes
+ * after them (a stream cannot go on). The wiped buffer may have held a DEK. */
+static int connection_refuse_held(Connection *c) {
+        static const char err[] = "{\"error\":\"" CMEK_ERROR_AUDIT_UNAVAILABLE "\",\"parameters\":{\"message\":"
+                "\"The audit log could not be synced to disk, so this reply was withheld (see 'cmekctl status' and "
+                "the daemon log); service resumes by itself once the log is writable.\"}}";
+        size_t n = 0;
         int r;
 
+        for (size_t i = 0; i < c->out_len; i++)
+                if (c->out[i] == 0)
+                        n++;
+        explicit_bzero(c->out, c->out_alloc);
+        c->out_len = 0;
+        c->close_after_flush = true;
+        for (size_t i = 0; i < n; i++) {
+                r = connection_queue(c, err, sizeof(err));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int audit_commit(Manager *m) {
+        int r, sync_r;
+
         first_held_usec = 0;
-        r = cmek_audit_sync(m->audit);
-        if (r < 0)
-                log_error_errno(r, "Failed to sync the audit log: %m");
+        sync_r = cmek_audit_sync(m->audit);
+        if (sync_r < 0) {
+                log_error_errno(sync_r, "Failed to sync the audit log: %m");
+                manager_audit_failed(m, sync_r);
+        }
         for (Connection *c = m->connections, *next; c; c = next) {
                 next = c->next;
                 if (!c->held || c->dead)
                         continue;
                 c->held = false;
+                if (sync_r < 0 && connection_refuse_held(c) < 0) {
+                        connection_kill(c);
+                        continue;
+                }
                 r = connection_flush(c);
                 if (r < 0 || (c->close_after_flush && c->out_len == 0))
                         connection_kill(c);

@@ -34,6 +34,8 @@
 #define CMEK_ERROR_MESSAGE_TOO_LARGE "io.cmek.MessageTooLarge"
 #define CMEK_ERROR_INTERNAL "io.cmek.InternalError"
 #define CMEK_ERROR_AUDIT_BROKEN "io.cmek.AuditChainBroken"
+/* The audit record of the operation could not be made durable: the operation was refused. */
+#define CMEK_ERROR_AUDIT_UNAVAILABLE "io.cmek.AuditUnavailable"
 #define CMEK_ERROR_ALREADY_EXISTS "io.cmek.AlreadyExists"
 #define CMEK_ERROR_BUSY "io.cmek.Busy"
 #define CMEK_ERROR_DEVICE_ERROR "io.cmek.DeviceError"

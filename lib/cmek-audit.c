@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <syslog.h>
 #include <time.h>
@@ -209,7 +210,7 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
 
 /* A JSON string for s; invalid UTF-8 bytes become U+FFFD so every line stays valid JSON for
  * any reader (json-c escapes quotes, backslashes and control characters itself). */
-static int add_string(json_object *o, const char *key, const char *s) {
+static int add_string(json_object *o, const char *key, const char *s, size_t max) {
         _cleanup_free_ char *clean = NULL;
         const unsigned char *p = (const unsigned char *) s;
         size_t n, k = 0;
@@ -241,6 +242,32 @@ static int add_string(json_object *o, const char *key, const char *s) {
         }
         if (clean)
                 clean[k] = 0;
+        else
+                k = n;
+        size_t cut = k, cost = 0;
+        for (size_t i = 0; max > 0 && i < k; i++) {
+                /* what the byte costs in the line once json-c escaped it */
+                unsigned char ch = (unsigned char) (clean ?: s)[i];
+                cost += ch < 0x20 ? 6 : (ch == '"' || ch == '\\') ? 2 : 1;
+                if (cost > max) {
+                        cut = i;
+                        break;
+                }
+        }
+        if (cut < k) {
+                /* Capped, never dropped: keep a valid UTF-8 prefix and say how much was cut. */
+                char *t = malloc(cut + 64);
+                const char *src = clean ?: s;
+
+                if (!t)
+                        return -ENOMEM;
+                while (cut > 0 && (((unsigned char) src[cut]) & 0xc0) == 0x80)
+                        cut--;
+                memcpy(t, src, cut);
+                (void) snprintf(t + cut, 64, "...[truncated %zu bytes]", k - cut);
+                free(clean);
+                clean = t;
+        }
         v = json_object_new_string(clean ?: s);
         if (!v || json_object_object_add(o, key, v) < 0) {
                 json_object_put(v);
@@ -286,22 +313,23 @@ static int build_line(const CmekAudit *a, const CmekAuditEntry *e, uint64_t now_
                 return -ENOMEM;
         /* The order here is the order in the file; "prev" last so "hash" can follow it. */
         r = add_int(o, "seq", (int64_t) (a->seq + 1));
-        if (r >= 0) r = add_string(o, "time", ts);
+        if (r >= 0) r = add_string(o, "time", ts, 0);
         if (r >= 0) r = add_int(o, "time_usec", (int64_t) now_usec);
-        if (r >= 0) r = add_string(o, "event", e->event);
-        if (r >= 0) r = add_string(o, "operation", e->operation);
-        if (r >= 0) r = add_string(o, "result", e->result);
+        if (r >= 0) r = add_string(o, "event", e->event, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "operation", e->operation, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "result", e->result, CMEK_AUDIT_FIELD_MAX);
         if (r >= 0 && e->has_caller) {
                 r = add_int(o, "uid", (int64_t) e->uid);
                 if (r >= 0) r = add_int(o, "gid", (int64_t) e->gid);
                 if (r >= 0) r = add_int(o, "pid", (int64_t) e->pid);
         }
-        if (r >= 0) r = add_string(o, "key_id", e->key_id);
-        if (r >= 0) r = add_string(o, "old_state", e->old_state);
-        if (r >= 0) r = add_string(o, "new_state", e->new_state);
-        if (r >= 0) r = add_string(o, "volume", e->volume);
-        if (r >= 0) r = add_string(o, "detail", e->detail);
-        if (r >= 0) r = add_string(o, "prev", a->hash);
+        if (r >= 0) r = add_string(o, "key_id", e->key_id, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "old_state", e->old_state, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "new_state", e->new_state, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "volume", e->volume, CMEK_AUDIT_FIELD_MAX);
+        if (r >= 0) r = add_string(o, "detail", e->detail, CMEK_AUDIT_DETAIL_MAX);
+        if (r >= 0 && e->count > 0) r = add_int(o, "count", (int64_t) e->count);
+        if (r >= 0) r = add_string(o, "prev", a->hash, 0);
         if (r < 0)
                 goto out;
 
@@ -397,8 +425,10 @@ static char *human_message(const CmekAuditEntry *e, int idx) {
         return buf;
 }
 
-static int send_journal(const CmekAudit *a, const CmekAuditEntry *e, const char *hash) {
-        char *fields[20] = {};
+/* hash NULL: the line could not be written to the file (error says why); the journal still
+ * gets the record, marked CMEK_AUDIT_FILE_ERROR, so no event is lost from both places. */
+static int send_journal(uint64_t seq, const CmekAuditEntry *e, const char *hash, int error) {
+        char *fields[22] = {};
         struct iovec iov[ARRAY_SIZE(fields)];
         size_t n = 0;
         int idx = event_index(e->event), prio, r = 0;
@@ -436,8 +466,13 @@ static int send_journal(const CmekAudit *a, const CmekAuditEntry *e, const char 
                 ADD("CMEK_CALLER_GID=%u", (unsigned) e->gid);
                 ADD("CMEK_CALLER_PID=%i", (int) e->pid);
         }
-        ADD("CMEK_AUDIT_SEQ=%" PRIu64, a->seq);
-        ADD("CMEK_AUDIT_HASH=%s", hash);
+        if (e->count > 0)
+                ADD("CMEK_COUNT=%" PRIu64, e->count);
+        if (hash) {
+                ADD("CMEK_AUDIT_SEQ=%" PRIu64, seq);
+                ADD("CMEK_AUDIT_HASH=%s", hash);
+        } else
+                ADD("CMEK_AUDIT_FILE_ERROR=%s", strerror(-error));
 #undef ADD_OPT
 #undef ADD
 
@@ -465,6 +500,40 @@ int cmek_audit_sync(CmekAudit *a) {
         return 0;
 }
 
+static void journal_failed(const CmekAudit *a, const CmekAuditEntry *e, int error) {
+        if (a->flags & CMEK_AUDIT_NO_JOURNAL)
+                return;
+        (void) send_journal(0, e, NULL, error);
+}
+
+void cmek_audit_journal_unwritten(const CmekAuditEntry *e, int error) {
+        if (e && e->event)
+                (void) send_journal(0, e, NULL, error);
+}
+
+int cmek_audit_check_space(CmekAudit *a) {
+        struct statvfs sv;
+        uint64_t avail;
+
+        if (!a)
+                return -EINVAL;
+        if (a->broken)
+                return -EIO;
+        if (fstatvfs(a->fd, &sv) < 0)
+                return -errno;
+        if (sv.f_flag & ST_RDONLY)
+                return -EROFS;
+        /* root may use the blocks reserved for root, as the write() will */
+        avail = (uint64_t) (geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * (uint64_t) sv.f_bsize;
+        if (avail < CMEK_AUDIT_SPACE_MIN)
+                return -ENOSPC;
+        return 0;
+}
+
+bool cmek_audit_is_broken(const CmekAudit *a) {
+        return a && a->broken;
+}
+
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) {
         _cleanup_free_ char *line = NULL;
         char hash[HASH_HEX_LEN + 1];
@@ -474,8 +543,10 @@ int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) 
 
         if (!a || !e || !e->event || !*e->event)
                 return -EINVAL;
-        if (a->broken)
+        if (a->broken) {
+                journal_failed(a, e, -EIO);
                 return -EIO;
+        }
         if (now_usec == 0)
                 now_usec = cmek_now_usec();
 
@@ -490,9 +561,10 @@ int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) 
                 n = write(a->fd, line, len);
         while (n < 0 && errno == EINTR);
         if (n < 0 || (size_t) n != len) {
-                r = n < 0 ? -errno : -EIO;
+                r = n < 0 ? -errno : -ENOSPC;   /* a short write on a regular file: out of space */
                 if (n > 0 && ftruncate(a->fd, a->size) < 0)
                         a->broken = true;
+                journal_failed(a, e, r);
                 return r;
         }
         if (a->flags & CMEK_AUDIT_GROUP_COMMIT)
@@ -500,15 +572,17 @@ int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec) 
         else if (fdatasync(a->fd) < 0) {
                 /* After a failed fdatasync() the page cache may have dropped the error with the
                  * data: nothing written through this fd can be trusted to be on disk any more. */
+                r = -errno;
                 a->broken = true;
-                return -errno;
+                journal_failed(a, e, r);
+                return r;
         }
         a->size += (off_t) len;
         a->seq++;
         memcpy(a->hash, hash, sizeof(hash));
 
         if (!(a->flags & CMEK_AUDIT_NO_JOURNAL)) {
-                r = send_journal(a, e, hash);
+                r = send_journal(a->seq, e, hash, 0);
                 if (r < 0)
                         log_debug_errno(r, "Failed to send audit entry %" PRIu64 " to the journal, ignoring: %m", a->seq);
         }
@@ -761,11 +835,13 @@ int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad
         return 0;
 }
 
-int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array) {
+int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset, unsigned limit,
+                         json_object **ret_array, uint64_t *ret_next) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *line = NULL;
         json_object *arr;
         size_t cap = 0;
+        uint64_t pos = offset, next = 0;
         ssize_t n;
 
         if (!path || !ret_array)
@@ -773,6 +849,13 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
         f = fopen(path, "re");
         if (!f)
                 return -errno;
+        if (offset > 0) {
+                /* a cursor is the start of a line: the byte before it is a newline */
+                if (fseeko(f, (off_t) offset - 1, SEEK_SET) < 0)
+                        return -errno;
+                if (fgetc(f) != '\n')
+                        return -EINVAL;
+        }
         arr = json_object_new_array();
         if (!arr)
                 return -ENOMEM;
@@ -783,6 +866,11 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
                 /* A torn tail: being written right now, or left by a crash until the next open. */
                 if (line[n - 1] != '\n')
                         break;
+                if (limit > 0 && json_object_array_length(arr) >= limit) {
+                        next = pos;     /* more to come: resume at this line */
+                        break;
+                }
+                pos += (uint64_t) n;
                 o = parse_object(line, (size_t) n - 1);
                 if (!o) {
                         json_object_put(arr);
@@ -804,5 +892,11 @@ int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_arr
                 return -EIO;
         }
         *ret_array = arr;
+        if (ret_next)
+                *ret_next = next;
         return 0;
+}
+
+int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array) {
+        return cmek_audit_read_page(path, since_usec, 0, 0, ret_array, NULL);
 }

@@ -36,6 +36,13 @@
 
 /* Longest line (including its newline) that cmek_audit_append() writes. */
 #define CMEK_AUDIT_LINE_MAX (64U * 1024U)
+/* Longest value of a string field, in bytes as written (a control character counts 6, a quote
+ * or backslash 2: their JSON escapes); longer values are cut at a character boundary and end in
+ * "...[truncated N bytes]": the line is never dropped, and always fits in CMEK_AUDIT_LINE_MAX. */
+#define CMEK_AUDIT_FIELD_MAX 512U
+#define CMEK_AUDIT_DETAIL_MAX 1024U
+/* cmek_audit_check_space() wants at least this much free space on the log's file system. */
+#define CMEK_AUDIT_SPACE_MIN (64U * 1024U)
 
 typedef struct CmekAudit CmekAudit;
 
@@ -52,6 +59,7 @@ typedef struct CmekAuditEntry {
         const char *new_state;
         const char *volume;
         const char *detail;      /* free text for humans; never a secret */
+        uint64_t count;          /* > 0: this line stands for COUNT events (aggregated denials) */
 } CmekAuditEntry;
 
 enum {
@@ -81,6 +89,16 @@ static inline void cmek_audit_closep(CmekAudit **a) {
  * now_usec 0 means now. -E2BIG if the line would exceed CMEK_AUDIT_LINE_MAX. After a failed
  * fdatasync() the handle refuses further appends (-EIO): close and reopen it. */
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec);
+/* A failed append still sends the entry to journald, with CMEK_AUDIT_FILE_ERROR=<strerror>
+ * instead of CMEK_AUDIT_SEQ/CMEK_AUDIT_HASH. */
+/* Before an operation that must be audited: 0 if the next append can be expected to be
+ * durable; -EIO if the handle is broken (reopen it), -EROFS, -ENOSPC (less than
+ * CMEK_AUDIT_SPACE_MIN free), or an fstatvfs() error. */
+int cmek_audit_check_space(CmekAudit *a);
+/* Sends only the journald entry, marked CMEK_AUDIT_FILE_ERROR=strerror(-error): for a record
+ * the caller knows it cannot write to the file. */
+void cmek_audit_journal_unwritten(const CmekAuditEntry *e, int error);
+bool cmek_audit_is_broken(const CmekAudit *a);
 /* seq and hash of the last line written (0 and 64 zeros for an empty log). */
 uint64_t cmek_audit_get_seq(const CmekAudit *a);
 const char *cmek_audit_get_hash(const CmekAudit *a);
@@ -95,6 +113,11 @@ int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad
 /* Reads entries with time_usec >= since_usec into a JSON array (newest last). A torn last line
  * is skipped; a complete line that is not a JSON object gives -EBADMSG. */
 int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array);
+/* The same, one page: starts at byte offset (0, or a *ret_next from an earlier page: the start
+ * of a line, else -EINVAL) and returns at most limit entries (0: no limit). *ret_next is the
+ * offset to resume at, 0 at the end of the file. */
+int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset, unsigned limit,
+                         json_object **ret_array, uint64_t *ret_next);
 /* The sd_id128 MESSAGE_ID string for an event type (stable, documented in docs/audit.md);
  * unknown or NULL events get the generic id. */
 const char *cmek_audit_message_id(const char *event);

@@ -197,6 +197,8 @@ static int verb_status(int argc, char *argv[]) {
                 ctl_print_field("policy", buf);
                 snprintf(buf, sizeof(buf), "%" PRIi64, clients);
                 ctl_print_field("clients", buf);
+                if (cmek_json_get_string(r, "audit"))
+                        ctl_print_field("audit", cmek_json_get_string(r, "audit"));
         }
         json_object_put(r);
         return 0;
@@ -291,12 +293,32 @@ static int verb_audit_show(int argc, char *argv[]) {
                 default: json_object_put(p); return CTL_EXIT_USAGE;
                 }
         json_object_object_add(p, "since_usec", json_object_new_int64((int64_t) since));
-        k = ctl_call("io.cmek.Service.AuditShow", p, &r);
+        /* the daemon answers in pages (AuditShow's cursor/next_cursor): collect them all */
+        entries = json_object_new_array();
+        for (int64_t cursor = 0;;) {
+                json_object *page = NULL, *pe;
+                int64_t next = 0;
+
+                json_object_object_add(p, "cursor", json_object_new_int64(cursor));
+                k = ctl_call("io.cmek.Service.AuditShow", p, &page);
+                if (k != 0) {
+                        json_object_put(p);
+                        json_object_put(entries);
+                        return k;
+                }
+                if (json_object_object_get_ex(page, "entries", &pe) && json_object_is_type(pe, json_type_array))
+                        for (size_t i = 0; i < json_object_array_length(pe); i++)
+                                json_object_array_add(entries, json_object_get(json_object_array_get_idx(pe, i)));
+                if (!cmek_json_get_int64(page, "next_cursor", &next) || next <= cursor) {
+                        json_object_put(page);
+                        break;
+                }
+                json_object_put(page);
+                cursor = next;
+        }
         json_object_put(p);
-        if (k != 0)
-                return k;
-        if (!json_object_object_get_ex(r, "entries", &entries))
-                entries = NULL;
+        r = json_object_new_object();
+        json_object_object_add(r, "entries", entries);
         if (arg_json) {
                 ctl_print_json(entries);
         } else {
