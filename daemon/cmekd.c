@@ -109,6 +109,20 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
         return 1;
 }
 
+/* Touches and locks the top STACK_LOCK_SIZE bytes of the stack below this frame: the
+ * handlers' stack buffers (e.g. a TestDecrypt plaintext) never reach swap, at a fixed cost. */
+#define STACK_LOCK_SIZE (256U * 1024U)
+static __attribute__((noinline)) void lock_stack(void) {
+        volatile unsigned char area[STACK_LOCK_SIZE];
+        size_t page = (size_t) sysconf(_SC_PAGESIZE);
+        uintptr_t start = ((uintptr_t) area + page - 1) / page * page;
+        uintptr_t end = ((uintptr_t) area + sizeof(area)) / page * page;
+
+        explicit_bzero((void *) area, sizeof(area));
+        if (end > start && mlock((void *) start, end - start) < 0)
+                log_debug_errno(errno, "Failed to lock the stack, secrets on it may be swapped: %m");
+}
+
 static void harden_process(void) {
         struct rlimit rl = { 0, 0 };
 
@@ -116,10 +130,12 @@ static void harden_process(void) {
         (void) setrlimit(RLIMIT_CORE, &rl);
         if (!getenv("CMEKD_ALLOW_DUMP") || !ENABLE_TEST_HOOKS)
                 (void) prctl(PR_SET_DUMPABLE, 0);
-        /* Every page we will ever touch stays in RAM: secrets in json-c's or the token
-         * module's heap cannot reach swap. Needs CAP_IPC_LOCK or a large enough limit. */
-        if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0)
-                log_debug_errno(errno, "mlockall() failed, relying on per-buffer mlock: %m");
+        /* No mlockall(MCL_FUTURE): it locked every page the daemon ever touched, so clients
+         * that queue replies without reading them drove locked memory up (issue 13). Secrets
+         * live in cmek_secure_alloc() buffers, each locked and excluded from core dumps, and
+         * so do the output buffers of replies that carry one (server.c); the stack, where a
+         * few handlers keep short secrets, is locked below. */
+        lock_stack();
         /* Many clients at once: raise the descriptor limit to the hard limit. */
         if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur < rl.rlim_max) {
                 rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;

@@ -61,6 +61,10 @@ bool policy_check(const Policy *p, const PolicyRequest *req);
 bool policy_check_line(const Policy *p, const PolicyRequest *req, unsigned *ret_line);
 size_t policy_n_statements(const Policy *p);
 
+/* Whether any statement names this caller (uid 0: always), whatever its verb, resource or
+ * condition: the server gives callers without any grant only a tiny share of its resources. */
+bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups);
+
 /* The statement that would allow req, for io.cmek.PermissionDenied, e.g.
  * "allow user backup to use keys in compartment Prod where target.key.id = 'ocid1...'".
  * Always in the user form (a group grant is the admin's choice); "user id N" when the uid has no

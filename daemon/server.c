@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <inttypes.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,11 +17,48 @@
 #include "daemon.h"
 #include "policy.h"
 
-#define CONNECTION_IDLE_USEC (60ULL * 1000000ULL)   /* a silent client is dropped after this */
 #define CONNECTION_MAX_OUTPUT (64U * 1024U * 1024U) /* a client that does not read is dropped */
 #define CONNECTION_OUTPUT_PAUSE (1024U * 1024U)     /* no new request is read while this much waits */
-#define CONNECTIONS_MAX 4096U
 #define LISTEN_PAUSE_USEC (250ULL * 1000ULL)          /* out of descriptors: accept again after this */
+#define REQUESTS_PER_WAKEUP 32U                     /* then other clients get their turn */
+#define REFUSAL_LOG_INTERVAL_USEC (10ULL * 1000000ULL)
+
+/* "[limits]" in cmekd.conf(5). uid 0 is exempt from the per-uid limits and has slots of its own. */
+static struct {
+        unsigned connections_max;          /* connections-max */
+        unsigned connections_root;         /* connections-reserved-for-root */
+        unsigned connections_per_uid;      /* connections-per-uid */
+        size_t output_per_uid;             /* output-per-uid: queued replies of one uid (bytes) */
+        size_t output_without_grant;       /* output-without-grant: same, callers the policy never names */
+        unsigned rate;                     /* requests-per-second (per uid; burst: two seconds' worth) */
+        unsigned rate_without_grant;       /* requests-per-second-without-grant */
+        uint64_t idle_usec;                /* idle-timeout: no complete request for this long */
+} limits = {
+        .connections_max = 4096,
+        .connections_root = 128,
+        .connections_per_uid = 128,
+        .output_per_uid = 4U * 1024U * 1024U,
+        .output_without_grant = 64U * 1024U,
+        .rate = 500,
+        .rate_without_grant = 50,
+        .idle_usec = 60ULL * 1000000ULL,
+};
+
+/* What one uid holds right now; freed with its last connection. */
+typedef struct UidUsage {
+        struct UidUsage *next;
+        uid_t uid;
+        unsigned n_connections;
+        size_t out_bytes;
+        double tokens;
+        uint64_t refill_usec;
+} UidUsage;
+static UidUsage *uid_usages;
+#ifndef MIN
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#endif
+static sd_event_source *resume_defer, *resume_timer;
+static uint64_t refused_since_log, last_refusal_log_usec;
 
 struct Connection {
         Manager *manager;
@@ -33,6 +72,10 @@ struct Connection {
         size_t out_len, out_alloc;
         Call *current;          /* the call being answered (streams keep it open) */
         sd_event_source *gc;
+        UidUsage *usage;        /* NULL for uid 0 */
+        bool no_grant;          /* the policy names this caller nowhere: tiny allowances */
+        bool out_secure;        /* out is a locked cmek_secure_alloc() buffer (a secret is queued) */
+        bool paused;            /* waits for its uid's budget or its turn (resume_paused()) */
         bool held;              /* replies wait for the audit log's group commit */
         bool close_after_flush;
         bool processing;
@@ -54,11 +97,158 @@ static void connection_kill(Connection *c);
 static int connection_process(Connection *c);
 static int connection_process_loop(Connection *c);
 
+/* ---- per-uid limits ---- */
+
+static size_t connection_output_budget(const Connection *c) {
+        return c->no_grant ? limits.output_without_grant : limits.output_per_uid;
+}
+
+/* no new request is read from this connection while this much of its own output waits */
+static size_t connection_output_pause(const Connection *c) {
+        if (!c->usage)
+                return CONNECTION_OUTPUT_PAUSE;
+        return MIN(connection_output_budget(c), (size_t) CONNECTION_OUTPUT_PAUSE);
+}
+
+/* whether the replies queued for all connections of this uid leave room for another request */
+static bool connection_uid_output_ok(const Connection *c) {
+        return !c->usage || c->usage->out_bytes < connection_output_budget(c);
+}
+
+static void connection_account_output(Connection *c, size_t added, size_t removed) {
+        UidUsage *u = c->usage;
+        size_t before;
+
+        if (!u)
+                return;
+        before = u->out_bytes;
+        u->out_bytes = u->out_bytes + added - removed;
+        /* connections of this uid paused for its budget may read again */
+        if (removed > 0 && resume_defer &&
+            ((before >= limits.output_per_uid && u->out_bytes < limits.output_per_uid) ||
+             (before >= limits.output_without_grant && u->out_bytes < limits.output_without_grant)))
+                (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_ONESHOT);
+}
+
+static UidUsage *uid_usage_find(uid_t uid) {
+        for (UidUsage *u = uid_usages; u; u = u->next)
+                if (u->uid == uid)
+                        return u;
+        return NULL;
+}
+
+static UidUsage *uid_usage_ref(uid_t uid) {
+        UidUsage *u = uid_usage_find(uid);
+
+        if (!u) {
+                u = calloc(1, sizeof(*u));
+                if (!u)
+                        return NULL;
+                u->uid = uid;
+                u->tokens = 2.0 * limits.rate;
+                u->refill_usec = cmek_monotonic_usec();
+                u->next = uid_usages;
+                uid_usages = u;
+        }
+        u->n_connections++;
+        return u;
+}
+
+static void uid_usage_unref(UidUsage *u) {
+        if (!u || --u->n_connections > 0)
+                return;
+        for (UidUsage **p = &uid_usages; *p; p = &(*p)->next)
+                if (*p == u) {
+                        *p = u->next;
+                        break;
+                }
+        free(u);
+}
+
+/* Token bucket per uid: a burst of two seconds' worth, then the configured rate. Returns true
+ * when the request may be served now, else how long to wait. */
+static bool connection_take_token(Connection *c, uint64_t *ret_wait_usec) {
+        UidUsage *u = c->usage;
+        double rate = c->no_grant ? limits.rate_without_grant : limits.rate;
+        uint64_t now;
+
+        if (!u || rate <= 0)
+                return true;
+        now = cmek_monotonic_usec();
+        u->tokens = MIN(2.0 * rate, u->tokens + (double) (now - u->refill_usec) * rate / 1e6);
+        u->refill_usec = now;
+        if (u->tokens >= 1.0) {
+                u->tokens -= 1.0;
+                return true;
+        }
+        *ret_wait_usec = (uint64_t) ((1.0 - u->tokens) * 1e6 / rate) + 1;
+        return false;
+}
+
+/* Stop reading this connection until resume_paused() runs: on the next loop iteration
+ * (wait_usec 0: its turn is over) or after wait_usec (its uid is over its rate). */
+static void connection_pause(Connection *c, uint64_t wait_usec) {
+        uint64_t now, when, cur;
+        int enabled = SD_EVENT_OFF;
+
+        c->paused = true;
+        if (wait_usec == 0) {
+                if (resume_defer)
+                        (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_ONESHOT);
+                return;
+        }
+        if (!resume_timer || sd_event_now(c->manager->event, CLOCK_MONOTONIC, &now) < 0)
+                return;
+        when = now + wait_usec;
+        (void) sd_event_source_get_enabled(resume_timer, &enabled);
+        if (enabled != SD_EVENT_OFF && sd_event_source_get_time(resume_timer, &cur) >= 0 && cur <= when)
+                return;
+        (void) sd_event_source_set_time(resume_timer, when);
+        (void) sd_event_source_set_enabled(resume_timer, SD_EVENT_ONESHOT);
+}
+
+static void resume_paused(Manager *m) {
+        for (Connection *c = m->connections; c; c = c->next) {
+                if (!c->paused || c->dead)
+                        continue;
+                c->paused = false;
+                if (connection_process(c) < 0)
+                        connection_kill(c);
+        }
+}
+
+static int on_resume_defer(sd_event_source *s, void *userdata) {
+        resume_paused(userdata);
+        return 0;
+}
+
+static int on_resume_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        resume_paused(userdata);
+        return 0;
+}
+
+static void connection_free_out(Connection *c) {
+        if (!c->out)
+                return;
+        if (c->out_secure)
+                cmek_secure_free(c->out);
+        else {
+                explicit_bzero(c->out, c->out_alloc);
+                free(c->out);
+        }
+        c->out = NULL;
+        c->out_alloc = 0;
+        c->out_secure = false;
+}
+
 static void connection_update_events(Connection *c) {
         uint32_t ev = 0;
         if (c->dead)
                 return;
-        if (!c->close_after_flush && !c->current && c->out_len < CONNECTION_OUTPUT_PAUSE)
+        /* over its uid's output budget: resumed when the uid's replies drain */
+        if (!connection_uid_output_ok(c))
+                c->paused = true;
+        if (!c->close_after_flush && !c->current && !c->paused && c->out_len < connection_output_pause(c))
                 ev |= EPOLLIN;
         /* a held reply waits for the group commit, not for the socket: asking for EPOLLOUT
          * then would wake the loop on every iteration and starve the idle-priority commit */
@@ -97,30 +287,43 @@ static int connection_flush(Connection *c) {
                 explicit_bzero(c->out, (size_t) n);
                 memmove(c->out, c->out + n, c->out_len - (size_t) n);
                 c->out_len -= (size_t) n;
+                connection_account_output(c, 0, (size_t) n);
         }
+        /* a secret went out: give the locked pages back */
+        if (c->out_len == 0 && c->out_secure)
+                connection_free_out(c);
         return 0;
 }
 
-static int connection_queue(Connection *c, const char *data, size_t size) {
-        if (c->out_len + size > CONNECTION_MAX_OUTPUT)
+/* Output normally sits in the ordinary heap; once a reply carrying a secret is queued, the
+ * buffer moves to locked memory (cmek_secure_alloc) until it has drained. Only the buffers
+ * that hold a secret are locked, so clients that do not read cannot drive locked memory up. */
+static int connection_queue(Connection *c, const char *data, size_t size, bool secret) {
+        size_t max = c->no_grant ? CONNECTION_OUTPUT_PAUSE : CONNECTION_MAX_OUTPUT;
+
+        if (c->out_len + size > max)
                 return -ENOBUFS;
-        if (c->out_alloc - c->out_len < size) {
+        if (c->out_alloc - c->out_len < size || (secret && !c->out_secure)) {
+                bool sec = secret || c->out_secure;
                 size_t na = c->out_alloc ? c->out_alloc : 4096;
+                char *nb;
+
                 while (na - c->out_len < size)
                         na *= 2;
-                char *nb = malloc(na);
+                nb = sec ? cmek_secure_alloc(na) : malloc(na);
                 if (!nb)
                         return -ENOMEM;
                 if (c->out) {
                         memcpy(nb, c->out, c->out_len);
-                        explicit_bzero(c->out, c->out_alloc);
-                        free(c->out);
+                        connection_free_out(c);
                 }
                 c->out = nb;
                 c->out_alloc = na;
+                c->out_secure = sec;
         }
         memcpy(c->out + c->out_len, data, size);
         c->out_len += size;
+        connection_account_output(c, size, 0);
         return 0;
 }
 
@@ -151,8 +354,8 @@ static void connection_kill(Connection *c) {
                 c->gc = NULL; /* freed in server_done() */
 }
 
-static int connection_send_message(Connection *c, const char *s, size_t len_with_nul) {
-        int r = connection_queue(c, s, len_with_nul);
+static int connection_send_message(Connection *c, const char *s, size_t len_with_nul, bool secret) {
+        int r = connection_queue(c, s, len_with_nul, secret);
         if (r < 0) {
                 log_debug("Client pid %d does not read its replies, dropping it.", (int) c->caller.pid);
                 return r;
@@ -166,7 +369,7 @@ static int connection_send_message(Connection *c, const char *s, size_t len_with
 
 static int send_json(Connection *c, json_object *msg) {
         const char *s = json_object_to_json_string_ext(msg, JSON_C_TO_STRING_PLAIN);
-        return connection_send_message(c, s, strlen(s) + 1);
+        return connection_send_message(c, s, strlen(s) + 1, false);
 }
 
 static void call_finish(Call *call) {
@@ -307,7 +510,7 @@ int call_reply_secret(Call *call, const char *field, const void *secret, size_t 
                 return -EALREADY;
         }
         if (c && !c->dead && !call->oneway)
-                r = connection_send_message(c, buf, off + 1);
+                r = connection_send_message(c, buf, off + 1, true);
         cmek_secure_free(buf);
         call_finish(call);
         if (r < 0 && c) {
@@ -451,10 +654,11 @@ static int dispatch(Connection *c, json_object *msg) {
                 (void) call_errorf(call, CMEK_ERROR_INTERNAL, "%s sent no reply", method);
         }
         /* the idle countdown starts when the answer is ready: a request that took longer than
-         * CONNECTION_IDLE_USEC (memory-hard PBKDF on a slow machine, valgrind) must not have its
-         * client dropped as idle before the reply leaves */
+         * the idle timeout (memory-hard PBKDF on a slow machine, valgrind) must not have its
+         * client dropped as idle before the reply leaves. Only complete requests count: bytes
+         * trickled in do not keep a connection alive. */
         if (call->conn && call->conn->idle)
-                (void) sd_event_source_set_time_relative(call->conn->idle, CONNECTION_IDLE_USEC);
+                (void) sd_event_source_set_time_relative(call->conn->idle, limits.idle_usec);
         call_unref(call);
         return 0;
 }
@@ -480,15 +684,24 @@ static int connection_process(Connection *c) {
 }
 
 static int connection_process_loop(Connection *c) {
+        unsigned n_served = 0;
+
+        c->paused = false; /* every reason to wait is checked again below */
         /* One call at a time per connection, in order, as Varlink requires. */
         /* A client that pipelines requests without reading the replies is not served further
-         * until it reads: its replies cannot pile up to more than about CONNECTION_OUTPUT_PAUSE. */
-        while (!c->current && !c->close_after_flush && !c->dead && c->out_len < CONNECTION_OUTPUT_PAUSE) {
+         * until it reads: its replies cannot pile up to more than about CONNECTION_OUTPUT_PAUSE,
+         * nor those of all connections of its uid to more than its output budget. */
+        while (!c->current && !c->close_after_flush && !c->dead && c->out_len < connection_output_pause(c)) {
                 char *nul = c->in_len ? memchr(c->in, 0, c->in_len) : NULL;
                 json_object *msg = NULL;
+                uint64_t wait_usec;
                 size_t mlen;
                 int r;
 
+                if (!connection_uid_output_ok(c)) {
+                        c->paused = true; /* resumed when its uid's replies drain */
+                        break;
+                }
                 /* the limit holds whether or not the NUL already is in the buffer (which reads
                  * up to 8 KiB beyond it) */
                 mlen = nul ? (size_t) (nul - c->in) : c->in_len;
@@ -503,6 +716,16 @@ static int connection_process_loop(Connection *c) {
                 }
                 if (!nul)
                         break;
+                /* other clients get their turn; root's connections are dispatched first anyway */
+                if (n_served >= REQUESTS_PER_WAKEUP) {
+                        connection_pause(c, 0);
+                        break;
+                }
+                if (!connection_take_token(c, &wait_usec)) {
+                        connection_pause(c, wait_usec);
+                        break;
+                }
+                n_served++;
                 r = cmek_varlink_parse(c->in, mlen, &msg);
                 explicit_bzero(c->in, mlen + 1);
                 memmove(c->in, nul + 1, c->in_len - mlen - 1);
@@ -569,7 +792,6 @@ static int on_connection_io(sd_event_source *s, int fd, uint32_t revents, void *
         Connection *c = userdata;
         int r = 0;
 
-        (void) sd_event_source_set_time_relative(c->idle, CONNECTION_IDLE_USEC);
         if (revents & EPOLLOUT) {
                 r = connection_flush(c);
                 if (r >= 0 && c->close_after_flush && c->out_len == 0)
@@ -599,9 +821,9 @@ static int on_connection_io(sd_event_source *s, int fd, uint32_t revents, void *
 
 static int on_connection_idle(sd_event_source *s, uint64_t usec, void *userdata) {
         Connection *c = userdata;
-        if (c->current && c->current->more) {
-                /* subscribers may stay silent forever */
-                (void) sd_event_source_set_time_relative(s, CONNECTION_IDLE_USEC);
+        if (c->current) {
+                /* subscribers may stay silent forever; a call in progress is ours to answer */
+                (void) sd_event_source_set_time_relative(s, limits.idle_usec);
                 (void) sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
                 return 0;
         }
@@ -633,10 +855,9 @@ static void connection_free(Connection *c) {
                 explicit_bzero(c->in, c->in_alloc);
                 free(c->in);
         }
-        if (c->out) {
-                explicit_bzero(c->out, c->out_alloc);
-                free(c->out);
-        }
+        connection_account_output(c, 0, c->out_len);
+        connection_free_out(c);
+        uid_usage_unref(c->usage);
         free(c->caller.groups);
         free(c);
 }
@@ -671,6 +892,28 @@ static int read_peer(int fd, Caller *ret) {
         }
 }
 
+/* Closed at once, without an audit line: a flood of refused connections costs one accept(),
+ * one getsockopt() and one send() each, and one log line per REFUSAL_LOG_INTERVAL_USEC. */
+static void connection_refuse(Manager *m, int fd, uid_t uid, const char *why) {
+        char msg[384];
+        uint64_t now = cmek_monotonic_usec();
+        int n;
+
+        n = snprintf(msg, sizeof(msg),
+                     "{\"error\":\"" CMEK_ERROR_BUSY "\",\"parameters\":{\"message\":"
+                     "\"cmekd refuses this connection: %s. Close other connections or raise the limit in "
+                     "the [limits] section of cmekd.conf(5).\"}}", why);
+        if (n > 0 && (size_t) n < sizeof(msg))
+                (void) send(fd, msg, (size_t) n + 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        refused_since_log++;
+        if (last_refusal_log_usec == 0 || now - last_refusal_log_usec >= REFUSAL_LOG_INTERVAL_USEC) {
+                log_warning("Refused %" PRIu64 " connection(s) since the last report (last from uid %u: %s; "
+                            "%u clients connected).", refused_since_log, (unsigned) uid, why, m->n_connections);
+                refused_since_log = 0;
+                last_refusal_log_usec = now;
+        }
+}
+
 static int on_listen_resume(sd_event_source *t, uint64_t usec, void *userdata) {
         (void) sd_event_source_set_enabled(userdata, SD_EVENT_ON);
         return 0;
@@ -700,9 +943,28 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                         log_warning("accept() failed: %s, ignoring.", strerror(errno));
                         return 0;
                 }
-                if (m->n_connections >= CONNECTIONS_MAX) {
-                        log_warning("%u clients connected, refusing another one.", m->n_connections);
+                struct ucred uc;
+                socklen_t ul = sizeof(uc);
+                UidUsage *u;
+
+                /* the limits first, from SO_PEERCRED alone: a refusal must stay cheap */
+                if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0)
                         continue;
+                if (m->n_connections >= limits.connections_max) {
+                        connection_refuse(m, cfd, uc.uid, "too many clients");
+                        continue;
+                }
+                if (uc.uid != 0) {
+                        /* the last connections_root slots are for root only */
+                        if (m->n_connections >= limits.connections_max - limits.connections_root) {
+                                connection_refuse(m, cfd, uc.uid, "too many clients, the remaining slots are reserved for root");
+                                continue;
+                        }
+                        u = uid_usage_find(uc.uid);
+                        if (u && u->n_connections >= limits.connections_per_uid) {
+                                connection_refuse(m, cfd, uc.uid, "too many connections from this user");
+                                continue;
+                        }
                 }
                 c = calloc(1, sizeof(*c));
                 if (!c)
@@ -714,6 +976,16 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                         free(c);
                         continue;
                 }
+                if (c->caller.uid != 0) {
+                        c->usage = uid_usage_ref(c->caller.uid);
+                        if (!c->usage) {
+                                free(c->caller.groups);
+                                free(c);
+                                continue;
+                        }
+                        c->no_grant = !policy_subject_has_any_grant(m->policy, c->caller.uid, c->caller.gid,
+                                                                    c->caller.groups, c->caller.n_groups);
+                }
                 c->fd = TAKE_FD(cfd);
                 c->next = m->connections;
                 if (c->next)
@@ -721,9 +993,12 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                 m->connections = c;
                 m->n_connections++;
                 r = sd_event_add_io(m->event, &c->io, c->fd, EPOLLIN, on_connection_io, c);
+                /* root's requests are served before anybody else's that wait at the same time */
+                if (r >= 0 && c->caller.uid == 0)
+                        r = sd_event_source_set_priority(c->io, SD_EVENT_PRIORITY_IMPORTANT);
                 if (r >= 0)
                         r = sd_event_add_time_relative(m->event, &c->idle, CLOCK_MONOTONIC,
-                                                       CONNECTION_IDLE_USEC, 1000000, on_connection_idle, c);
+                                                       limits.idle_usec, 1000000, on_connection_idle, c);
                 if (r < 0) {
                         connection_free(c);
                         continue;
@@ -796,11 +1071,122 @@ static int on_audit_post(sd_event_source *s, void *userdata) {
         return 0;
 }
 
+/* "SIZE" in bytes, with an optional K, M or G suffix (powers of 1024) */
+static int parse_size(const char *v, uint64_t *ret) {
+        char *end;
+        unsigned long long n;
+
+        errno = 0;
+        n = strtoull(v, &end, 10);
+        if (errno || end == v || *v == '-')
+                return -EINVAL;
+        switch (*end) {
+        case 'K': n <<= 10; end++; break;
+        case 'M': n <<= 20; end++; break;
+        case 'G': n <<= 30; end++; break;
+        default: break;
+        }
+        if (*end)
+                return -EINVAL;
+        *ret = n;
+        return 0;
+}
+
+/* The [limits] section of cmekd.conf; other sections belong to other modules. */
+static void server_parse_limits(Manager *m) {
+        static const struct {
+                const char *key;
+                uint64_t min, max;
+        } keys[] = {
+                { "connections-max", 16, 65536 },
+                { "connections-reserved-for-root", 1, 4096 },
+                { "connections-per-uid", 1, 65536 },
+                { "output-per-uid", 4096, 1ULL << 30 },
+                { "output-without-grant", 1024, 1ULL << 30 },
+                { "requests-per-second", 0, 1000000 },
+                { "requests-per-second-without-grant", 0, 1000000 },
+                { "idle-timeout", 1, 3600 },
+        };
+        _cleanup_fclose_ FILE *f = NULL;
+        _cleanup_free_ char *line = NULL;
+        size_t alloc = 0;
+        unsigned lineno = 0;
+        bool in = false;
+
+        f = m->config_path ? fopen(m->config_path, "re") : NULL;
+        while (f && getline(&line, &alloc, f) >= 0) {
+                char key[64], value[64];
+                uint64_t v;
+                size_t i;
+
+                lineno++;
+                line[strcspn(line, "\n")] = 0;
+                if (sscanf(line, " [%63[^]]]", key) == 1) {
+                        in = streq(key, "limits");
+                        continue;
+                }
+                if (!in || sscanf(line, " %63[^=# \t] = %63s", key, value) != 2)
+                        continue;
+                for (i = 0; i < ARRAY_SIZE(keys); i++)
+                        if (streq(key, keys[i].key))
+                                break;
+                if (i == ARRAY_SIZE(keys)) {
+                        log_warning("%s:%u: unknown setting '%s' in [limits], ignoring.", m->config_path, lineno, key);
+                        continue;
+                }
+                if (parse_size(value, &v) < 0 || v < keys[i].min || v > keys[i].max) {
+                        log_warning("%s:%u: [limits] %s is a number between %" PRIu64 " and %" PRIu64 ", not '%s', ignoring.",
+                                    m->config_path, lineno, key, keys[i].min, keys[i].max, value);
+                        continue;
+                }
+                switch (i) {
+                case 0: limits.connections_max = (unsigned) v; break;
+                case 1: limits.connections_root = (unsigned) v; break;
+                case 2: limits.connections_per_uid = (unsigned) v; break;
+                case 3: limits.output_per_uid = (size_t) v; break;
+                case 4: limits.output_without_grant = (size_t) v; break;
+                case 5: limits.rate = (unsigned) v; break;
+                case 6: limits.rate_without_grant = (unsigned) v; break;
+                case 7: limits.idle_usec = v * 1000000ULL; break;
+                }
+        }
+}
+
+static void server_init_limits(Manager *m) {
+        struct rlimit rl;
+
+        server_parse_limits(m);
+        /* never run out of descriptors before the limit: that would lock root out too */
+        if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
+            (uint64_t) limits.connections_max + 64 > rl.rlim_cur) {
+                unsigned n = rl.rlim_cur > 128 ? (unsigned) rl.rlim_cur - 64 : (unsigned) rl.rlim_cur / 2;
+                log_info("Descriptor limit %llu: serving at most %u clients at once.", (unsigned long long) rl.rlim_cur, n);
+                limits.connections_max = n;
+        }
+        if (limits.connections_root > limits.connections_max / 4)
+                limits.connections_root = limits.connections_max / 4 ?: 1;
+        if (limits.output_without_grant > limits.output_per_uid)
+                limits.output_without_grant = limits.output_per_uid;
+        log_debug("Limits: %u clients (%u reserved for root), %u per uid, %zu bytes of queued replies per uid "
+                  "(%zu without any grant), %u requests/s per uid (%u without any grant), idle after %" PRIu64 " s.",
+                  limits.connections_max, limits.connections_root, limits.connections_per_uid, limits.output_per_uid,
+                  limits.output_without_grant, limits.rate, limits.rate_without_grant, (uint64_t) (limits.idle_usec / 1000000U));
+}
+
 int server_listen(Manager *m, int fd) {
         sd_event_source *s;
         int r;
 
         if (!audit_post_source) {
+                server_init_limits(m);
+                r = sd_event_add_defer(m->event, &resume_defer, on_resume_defer, m);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_OFF);
+                r = sd_event_add_time(m->event, &resume_timer, CLOCK_MONOTONIC, 0, 1000, on_resume_timer, m);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_enabled(resume_timer, SD_EVENT_OFF);
                 r = sd_event_add_post(m->event, &audit_post_source, on_audit_post, m);
                 if (r < 0)
                         return r;
@@ -844,6 +1230,8 @@ int server_bind(Manager *m, const char *path) {
 }
 
 void server_done(Manager *m) {
+        resume_defer = sd_event_source_disable_unref(resume_defer);
+        resume_timer = sd_event_source_disable_unref(resume_timer);
         audit_post_source = sd_event_source_disable_unref(audit_post_source);
         audit_idle_source = sd_event_source_disable_unref(audit_idle_source);
         while (m->connections) {

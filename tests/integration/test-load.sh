@@ -16,7 +16,10 @@ PY=/usr/bin/python3
 chmod 755 "$TEST_TMP"
 printf 'allow any-user to inspect keys in tenancy\nallow any-user to inspect vaults in tenancy\n' >"$TEST_TMP/policy"
 chmod 644 "$TEST_TMP/policy"
-start_cmekd "$TEST_TMP/state" --policy "$TEST_TMP/policy"
+# this part checks answers under load: 128 nobody clients that reconnect all the time would
+# trip the default per-uid connection limit (the hostile part below checks the limits)
+printf '[limits]\nconnections-per-uid = 1024\nrequests-per-second = 0\n' >"$TEST_TMP/load.conf"
+start_cmekd "$TEST_TMP/state" --policy "$TEST_TMP/policy" --config "$TEST_TMP/load.conf"
 cmekctl key create load --compartment prod >/dev/null
 K=$(cmekctl key show prod/load --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("key", d)["id"])')
 
