@@ -65,5 +65,15 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
 /* Read a whole file (at most max bytes); NUL-terminated. */
 int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
 int cmek_mkdir_p(const char *path, mode_t mode);
+
+/* True if s holds a control character: C0 (below 0x20), DEL, or a C1 control encoded in UTF-8
+ * (U+0080..U+009F). Names and paths from callers are refused when it is. */
+bool cmek_string_has_cc(const char *s);
+/* A copy of s safe for a terminal or a log line, as systemd's cescape(): \a \b \f \n \r \t \v \\
+ * and \xNN for every other control character (C0, DEL, C1) and for bytes that are not valid UTF-8;
+ * printable ASCII and valid UTF-8 are kept. NULL on allocation failure (or for a NULL s). */
+char *cmek_cescape(const char *s);
+/* The same into buf (always NUL-terminated; cut at a character boundary if it does not fit). */
+size_t cmek_cescape_buf(const char *s, char *buf, size_t size);
 uint64_t cmek_now_usec(void);          /* CLOCK_REALTIME, µs */
 uint64_t cmek_monotonic_usec(void);

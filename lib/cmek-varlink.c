@@ -225,3 +225,20 @@ bool cmek_json_get_bool(json_object *o, const char *key, bool def) {
                 return def;
         return json_object_get_boolean(v);
 }
+
+const char *cmek_json_find_cc(json_object *params) {
+        if (!params || !json_object_is_type(params, json_type_object))
+                return NULL;
+        json_object_object_foreach(params, k, v) {
+                if (json_object_is_type(v, json_type_string) && cmek_string_has_cc(json_object_get_string(v)))
+                        return k;
+                if (json_object_is_type(v, json_type_array))
+                        for (size_t i = 0; i < json_object_array_length(v); i++) {
+                                json_object *e = json_object_array_get_idx(v, i);
+                                if (json_object_is_type(e, json_type_string) &&
+                                    cmek_string_has_cc(json_object_get_string(e)))
+                                        return k;
+                        }
+        }
+        return NULL;
+}

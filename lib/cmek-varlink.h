@@ -35,3 +35,7 @@ void cmek_json_wipe_string(json_object *o);
 const char *cmek_json_get_string(json_object *o, const char *key);
 bool cmek_json_get_int64(json_object *o, const char *key, int64_t *ret);
 bool cmek_json_get_bool(json_object *o, const char *key, bool def);
+/* The name of the first string parameter (top level, or inside a top-level array of strings) that
+ * holds a control character (cmek_string_has_cc), or NULL: names and paths with escape sequences
+ * are refused at the API before any handler sees them. */
+const char *cmek_json_find_cc(json_object *params);

