@@ -24,6 +24,10 @@ static int write_all(int fd, const void *data, size_t size) {
 }
 
 int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode_t mode) {
+        return cmek_write_file_atomic_full(path, data, size, mode, (uid_t) -1, (gid_t) -1);
+}
+
+int cmek_write_file_atomic_full(const char *path, const void *data, size_t size, mode_t mode, uid_t uid, gid_t gid) {
         _cleanup_free_ char *tmp = NULL, *dircopy = NULL;
         _cleanup_close_ int fd = -1, dfd = -1;
         int r;
@@ -45,6 +49,9 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
         if (fd < 0)
                 return -errno;
         r = write_all(fd, data, size);
+        if (r >= 0 && (uid != (uid_t) -1 || gid != (gid_t) -1) && fchown(fd, uid, gid) < 0)
+                r = -errno;
+        /* after fchown, which may clear set-id bits */
         if (r >= 0 && fchmod(fd, mode) < 0)
                 r = -errno;
         if (r >= 0 && fsync(fd) < 0)

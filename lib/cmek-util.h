@@ -62,6 +62,9 @@ static inline bool memeq_consttime(const void *a, const void *b, size_t n) {
 /* Write a file atomically: temp file ".NAME.cmek-tmp" in the same directory (a leftover of a crash is
  * replaced by the next write), fsync, rename, fsync the directory. */
 int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode_t mode);
+/* The same, and the temporary file gets owner uid and group gid (fchown before the rename; -1
+ * keeps that id), so the file never exists under its name with other owners or mode. */
+int cmek_write_file_atomic_full(const char *path, const void *data, size_t size, mode_t mode, uid_t uid, gid_t gid);
 /* Read a whole file (at most max bytes); NUL-terminated. */
 int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
 int cmek_mkdir_p(const char *path, mode_t mode);

@@ -33,6 +33,7 @@ mkdir -p "$TEST_TMP/metrics"
 chmod 755 "$TEST_TMP/metrics"
 groupadd -f ckhmetg
 on_exit "groupdel ckhmetg >/dev/null 2>&1 || true"
+usermod -aG ckhmetg ckhmet
 cat >"$CONF" <<C
 [metrics]
 group = ckhmetg
@@ -97,5 +98,18 @@ grep -qF '/dev/evil\x1b[2J\x1b]0;owned\a\n' "$TEST_TMP/show" || { cat "$TEST_TMP
 [ "$(grep -c '/dev/evil' "$TEST_TMP/show")" = 1 ] || fail "the row was split"
 # --json keeps the exact value (JSON escapes it)
 as_user_ctl ckhdev audit show --json | grep -qF '\u001b[2J' || fail "audit show --json lost the value"
+
+# ---------------------------------------------------------------------------------------------
+log "12: the metrics file is 0640 root:ckhmetg, unreadable by a user outside the group"
+cmekctl key disable "$DEVKEY" >/dev/null   # an event: the file is rewritten
+cmekctl key enable "$DEVKEY" >/dev/null
+[ -s "$METRICS" ] || fail "no metrics file"
+[ "$(stat -c '%a %U %G' "$METRICS")" = "640 root ckhmetg" ] || fail "metrics file is $(stat -c '%a %U %G' "$METRICS")"
+grep -q "$DEVKEY" "$METRICS" || fail "the metrics file does not carry the key (wrong file?)"
+! as_user ckhnone cat "$METRICS" >/dev/null 2>&1 || fail "a user without the group reads the metrics file"
+! as_user ckhdev cat "$METRICS" >/dev/null 2>&1 || fail "a policy user outside the group reads the metrics file"
+as_user ckhmet cat "$METRICS" | grep -q "$DEVKEY" || fail "a member of the configured group cannot read it"
+# no temporary file left readable
+[ -z "$(find "$TEST_TMP/metrics" -name '.*cmek-tmp' -perm -o=r)" ] || fail "a world-readable temporary file is left"
 
 log "ok"
