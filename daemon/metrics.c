@@ -218,7 +218,8 @@ void metrics_update(Manager *m) {
         r = metrics_format_prometheus(snap, &text, &size);
         json_object_put(snap);
         if (r >= 0)
-                r = cmek_write_file_atomic_full(m->metrics_file, text, size, 0640, 0, metrics_gid);
+                r = cmek_write_file_atomic_full(m->metrics_file, text, size, 0640, (uid_t) -1,
+                                                metrics_gid != 0 ? metrics_gid : (gid_t) -1);
         if (r < 0)
                 log_warning_errno(r, "Failed to write the metrics file %s, ignoring: %m", m->metrics_file);
         last_written_uses = m->counters.wrap + m->counters.unwrap;

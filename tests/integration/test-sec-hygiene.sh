@@ -112,4 +112,71 @@ as_user ckhmet cat "$METRICS" | grep -q "$DEVKEY" || fail "a member of the confi
 # no temporary file left readable
 [ -z "$(find "$TEST_TMP/metrics" -name '.*cmek-tmp' -perm -o=r)" ] || fail "a world-readable temporary file is left"
 
+# ---------------------------------------------------------------------------------------------
+log "14: hooks: symlink, group-writable, not root-owned are not run; a good one runs bare"
+OUT=$TEST_TMP/hookout
+mkdir -p "$OUT" "$TEST_TMP/elsewhere"
+chmod 755 "$OUT"
+mkhook() { # FILE NAME: a hook that leaves a marker
+    printf '#!/bin/sh\ncat >/dev/null\n: >"%s/marker-%s"\n' "$OUT" "$2" >"$1"
+    chmod 755 "$1"
+}
+cat >"$HOOKS/10-good" <<EOH
+#!/bin/sh
+cat >"$OUT/event.\$\$"
+o=\$(readlink /proc/\$\$/fd/1); echo "\$o" >"$OUT/stdout"
+tr '\\0' '\\n' </proc/\$\$/environ >"$OUT/env"
+cat /proc/\$\$/status >"$OUT/status"
+ls -l /proc/\$\$/fd >"$OUT/fds"
+: >"$OUT/done-good"
+EOH
+chmod 755 "$HOOKS/10-good"
+mkhook "$TEST_TMP/elsewhere/real" link
+ln -s "$TEST_TMP/elsewhere/real" "$HOOKS/20-link"
+mkhook "$HOOKS/30-gw" gw
+chmod 775 "$HOOKS/30-gw"
+mkhook "$HOOKS/40-user" user
+chown ckhdev "$HOOKS/40-user"
+mkhook "$HOOKS/50-ow" ow
+chmod 757 "$HOOKS/50-ow"
+printf '#!/bin/sh\ncat >/dev/null\n: >"%s/done-last"\n' "$OUT" >"$HOOKS/99-last"
+chmod 755 "$HOOKS/99-last"
+wait_file() { for ((i = 0; i < 200; i++)); do [ -e "$1" ] && return 0; sleep 0.05; done; return 1; }
+cmekctl key disable "$DEVKEY" >/dev/null
+wait_file "$OUT/done-good" || fail "the good hook did not run"
+wait_file "$OUT/done-last" || fail "the last good hook did not run"
+sleep 0.5
+for b in link gw user ow; do
+    [ ! -e "$OUT/marker-$b" ] || fail "hook '$b' ran"
+done
+grep -q "Hook $HOOKS/20-link is a symbolic link" "$TEST_TMP/cmekd.log" || fail "no warning naming the symlink"
+grep -q "Hook $HOOKS/30-gw is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the group-writable hook"
+grep -q "Hook $HOOKS/50-ow is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the other-writable hook"
+grep -q "Hook $HOOKS/40-user is not owned by root" "$TEST_TMP/cmekd.log" || fail "no warning for the hook owned by ckhdev"
+# environment: PATH and CMEK_* only
+grep -qx 'CMEK_EVENT=key.disabled' "$OUT/env" || { cat "$OUT/env"; fail "CMEK_EVENT missing"; }
+grep -q '^PATH=' "$OUT/env" || fail "no PATH"
+! grep -v -E '^(PATH|CMEK_[A-Z0-9_]+)=' "$OUT/env" | grep -q . || { cat "$OUT/env"; fail "the hook inherited other variables"; }
+# no capabilities, no_new_privs, no inherited descriptors beyond stdio (dash keeps its script open)
+grep -qP '^CapEff:\t0+$' "$OUT/status" || { grep Cap "$OUT/status"; fail "the hook has effective capabilities"; }
+grep -qP '^CapPrm:\t0+$' "$OUT/status" || fail "the hook has permitted capabilities"
+grep -qP '^CapAmb:\t0+$' "$OUT/status" || fail "the hook has ambient capabilities"
+grep -qP '^NoNewPrivs:\t1$' "$OUT/status" || fail "the hook runs without no_new_privs"
+! grep -q 'socket:' "$OUT/fds" || { cat "$OUT/fds"; fail "the hook inherited a socket"; }
+! grep -q "$STATE" "$OUT/fds" || { cat "$OUT/fds"; fail "the hook inherited a state file"; }
+[ "$(cat "$OUT/stdout")" = /dev/null ] || fail "stdout is $(cat "$OUT/stdout"), not /dev/null"
+grep -q ' 0 -> pipe:' "$OUT/fds" || { cat "$OUT/fds"; fail "stdin is not the event pipe"; }
+grep -q '"type":"key.disabled"' "$OUT"/event.* || fail "the event was not on stdin"
+
+log "14: a hooks directory writable by others runs nothing"
+rm -f "$OUT"/done-* "$OUT"/env
+chmod 777 "$HOOKS"
+cmekctl key enable "$DEVKEY" >/dev/null
+for ((i = 0; i < 100; i++)); do grep -q "Hooks directory $HOOKS is writable by group or others" "$TEST_TMP/cmekd.log" && break; sleep 0.05; done
+grep -q "Hooks directory $HOOKS is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the writable hooks directory"
+sleep 0.5
+[ ! -e "$OUT/done-good" ] || fail "a hook ran from a world-writable directory"
+chmod 755 "$HOOKS"
+rm -f "$HOOKS"/*
+
 log "ok"
