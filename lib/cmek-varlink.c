@@ -18,7 +18,9 @@ const char *cmek_client_socket_path(const char *path) {
         const char *e;
         if (path && *path)
                 return path;
-        e = getenv(CMEK_SOCKET_ENV);
+        /* secure_getenv: the token plugin runs inside whatever opens a volume; in a setuid or
+         * otherwise privileged (AT_SECURE) program the caller's environment is not trusted */
+        e = secure_getenv(CMEK_SOCKET_ENV);
         return e && *e ? e : CMEK_DEFAULT_SOCKET;
 }
 
@@ -42,6 +44,18 @@ int cmek_client_connect(const char *path, int timeout_ms, CmekClient **ret) {
         c->fd = TAKE_FD(fd);
         c->timeout_ms = timeout_ms;
         *ret = c;
+        return 0;
+}
+
+int cmek_client_peer_uid(CmekClient *c, uid_t *ret) {
+        struct ucred cred = {};
+        socklen_t len = sizeof(cred);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        if (len != sizeof(cred) || cred.pid <= 0)
+                return -EIO;
+        *ret = cred.uid;
         return 0;
 }
 

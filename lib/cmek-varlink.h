@@ -14,6 +14,8 @@ typedef struct CmekClient CmekClient;
  * the daemon is not there). */
 int cmek_client_connect(const char *path, int timeout_ms, CmekClient **ret);
 CmekClient *cmek_client_free(CmekClient *c);
+/* The uid of the process that serves the socket (SO_PEERCRED, taken when it listened). */
+int cmek_client_peer_uid(CmekClient *c, uid_t *ret);
 static inline void cmek_client_freep(CmekClient **c) { cmek_client_free(*c); }
 const char *cmek_client_socket_path(const char *path);
 

@@ -179,4 +179,30 @@ sleep 0.5
 chmod 755 "$HOOKS"
 rm -f "$HOOKS"/*
 
+# ---------------------------------------------------------------------------------------------
+log "14: the token plugin refuses a broker socket served by a non-root user (CMEKD_SOCKET)"
+install_token_plugin
+cmekctl volume create "$I/plug.img" --key "$DEVKEY" --size 32M --strict >/dev/null
+cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin does not open through the real cmekd"
+FAKE=$TEST_TMP/fake
+mkdir -p "$FAKE"
+chown ckhnone "$FAKE"
+as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock,fork" "OPEN:$FAKE/received,creat,append" &
+FAKE_PID=$!
+on_exit "kill $FAKE_PID 2>/dev/null || true"
+for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock" ] && break; sleep 0.05; done
+[ -S "$FAKE/sock" ] || fail "the fake listener did not start"
+sum_plug=$(sha256sum <"$I/plug.img")
+rc=0
+CMEKD_SOCKET=$FAKE/sock timeout 20 cryptsetup open --test-passphrase --token-only "$I/plug.img" 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] || fail "opened through a socket served by a user"
+[ $rc -ne 124 ] || fail "the plugin waited for the fake broker (it talked to it)"
+assert_contains "$(cat "$TEST_TMP/err")" "is served by uid $(id -u ckhnone), not root: refusing"
+sleep 0.2
+[ ! -s "$FAKE/received" ] || { od -c "$FAKE/received" | head; fail "the fake broker received data"; }
+[ "$(sha256sum <"$I/plug.img")" = "$sum_plug" ] || fail "the image changed"
+kill "$FAKE_PID" 2>/dev/null || true
+# the real broker still works with the variable pointing at it
+CMEKD_SOCKET=$SOCK cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin no longer opens through cmekd"
+
 log "ok"
