@@ -1,14 +1,23 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Event hooks: every executable in the hooks directory gets each event as JSON on stdin.
  * Hooks run in the background with a time limit; a hook that hangs or fails is logged and
- * killed, and never delays enforcement (the volume module acts before events are emitted). */
+ * killed, and never delays enforcement (the volume module acts before events are emitted).
+ * A hook runs as root but with nothing else: the directory and the file must be root-owned, not
+ * writable by group or others and not symlinks (anything else is skipped with a warning); the
+ * process gets an empty environment plus PATH and CMEK_* variables describing the event, no
+ * capabilities, no_new_privs, stdin the event, stdout /dev/null, no other inherited descriptor. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/capability.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include "cmek-varlink.h"
 #include "daemon.h"
 
 #define HOOK_TIMEOUT_DEFAULT_USEC (10ULL * 1000000ULL)
@@ -156,42 +165,191 @@ static int on_hook_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* posix_spawn(), not fork(): glibc starts the child with CLONE_VM|CLONE_VFORK, no copy of the
- * daemon's page tables (under emulation a fork cost ~0.1 s, times hooks times events). */
+/* Why a hook (fd: the hooks directory, name: the entry, or name NULL for the directory itself)
+ * may not run, or NULL. lstat semantics: a symlink is refused, never followed. */
+static const char *hook_refusal(int dfd, const char *name, bool *ret_silent) {
+        struct stat st;
+
+        *ret_silent = false;
+        if (fstatat(dfd, name ?: "", &st, AT_SYMLINK_NOFOLLOW | (name ? 0 : AT_EMPTY_PATH)) < 0)
+                return "cannot be examined";
+        if (S_ISLNK(st.st_mode))
+                return "is a symbolic link (hooks must be regular files in the hooks directory)";
+        if (!name ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode) || !(st.st_mode & 0111)) {
+                *ret_silent = !!name; /* a README or a subdirectory: not a hook, no warning */
+                return "is not a directory";
+        }
+        if (st.st_uid != 0)
+                return "is not owned by root";
+        if (st.st_mode & 0022)
+                return "is writable by group or others";
+        return NULL;
+}
+
+/* The hooks directory, opened without following a symlink and checked; -errno after a warning. */
+static int hooks_dir_open(Manager *m) {
+        _cleanup_close_ int dfd = -1;
+        const char *why;
+        bool silent;
+
+        dfd = open(m->hooks_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (dfd < 0) {
+                if (errno == ELOOP || errno == ENOTDIR)
+                        log_warning("Hooks directory %s is a symbolic link or not a directory, running no hooks.",
+                                    m->hooks_dir);
+                return -errno; /* ENOENT: no hooks directory, nothing to run */
+        }
+        why = hook_refusal(dfd, NULL, &silent);
+        if (why) {
+                log_warning("Hooks directory %s %s, running no hooks: make it root-owned and mode 0755 or stricter.",
+                            m->hooks_dir, why);
+                return -EPERM;
+        }
+        return TAKE_FD(dfd);
+}
+
+/* Everything the child needs, prepared before the clone: the child only makes system calls. */
+typedef struct HookExec {
+        const char *path;
+        char *const *argv, *const *envp;
+        int stdin_fd, null_fd;
+        int err;                /* set by the child when it could not exec; seen by the parent */
+        const char *failed;     /* what failed */
+} HookExec;
+
+static int hook_child(void *userdata) {
+        HookExec *x = userdata;
+        struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+        struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+        struct sigaction dfl = { .sa_handler = SIG_DFL };
+        sigset_t none;
+
+        (void) sigaction(SIGPIPE, &dfl, NULL);
+        (void) sigaction(SIGCHLD, &dfl, NULL);
+        sigemptyset(&none);
+        (void) sigprocmask(SIG_SETMASK, &none, NULL);
+        if (dup2(x->stdin_fd, STDIN_FILENO) < 0 || dup2(x->null_fd, STDOUT_FILENO) < 0) {
+                x->failed = "set up stdin/stdout";
+                goto fail;
+        }
+        /* nothing of the daemon's beyond stdin, stdout and stderr (the journal) */
+        if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0)
+                for (int fd = 3; fd < 65536; fd++)
+                        (void) close(fd);
+        /* no capabilities: the bounding set dropped where we may (CAP_SETPCAP), the ambient set
+         * cleared, then no_new_privs and an empty permitted set, so that the exec of a root-owned
+         * file cannot give any back (the kernel caps a no_new_privs exec to the old permitted set) */
+        (void) prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        for (unsigned long cap = 0; cap < 64; cap++) {
+                int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+                if (r < 0)
+                        break;
+                if (r > 0)
+                        (void) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+                x->failed = "set no_new_privs";
+                goto fail;
+        }
+        if (syscall(SYS_capset, &hdr, data) < 0) {
+                x->failed = "drop capabilities";
+                goto fail;
+        }
+        execve(x->path, x->argv, x->envp);
+        x->failed = "execute it";
+fail:
+        x->err = errno ?: EPERM;
+        _exit(127);
+}
+
+/* The hook's environment: PATH, CMEK_EVENT, CMEK_EVENT_TIME_USEC and CMEK_<FIELD> for the
+ * event's scalar data fields (names [a-z0-9_], values without control characters). */
+#define HOOK_ENV_MAX 24
+static void hook_env(const char *json, char **env, size_t *n) {
+        json_object *ev = json_tokener_parse(json), *data = NULL;
+        const char *type = cmek_json_get_string(ev, "type");
+        int64_t t;
+
+        *n = 0;
+        if (asprintf(&env[*n], "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") >= 0)
+                (*n)++;
+        if (type && !cmek_string_has_cc(type) && asprintf(&env[*n], "CMEK_EVENT=%s", type) >= 0)
+                (*n)++;
+        if (cmek_json_get_int64(ev, "time_usec", &t) && asprintf(&env[*n], "CMEK_EVENT_TIME_USEC=%" PRIi64, t) >= 0)
+                (*n)++;
+        if (ev && json_object_object_get_ex(ev, "data", &data) && json_object_is_type(data, json_type_object)) {
+                json_object_object_foreach(data, k, v) {
+                        char name[64];
+                        const char *val;
+                        size_t i;
+
+                        if (*n >= HOOK_ENV_MAX - 1)
+                                break;
+                        if (!json_object_is_type(v, json_type_string) && !json_object_is_type(v, json_type_int) &&
+                            !json_object_is_type(v, json_type_boolean))
+                                continue;
+                        for (i = 0; k[i] && i < sizeof(name) - 1; i++) {
+                                if (!((k[i] >= 'a' && k[i] <= 'z') || (k[i] >= '0' && k[i] <= '9') || k[i] == '_'))
+                                        break;
+                                name[i] = (char) (k[i] >= 'a' && k[i] <= 'z' ? k[i] - 'a' + 'A' : k[i]);
+                        }
+                        if (i == 0 || k[i])
+                                continue;
+                        name[i] = 0;
+                        val = json_object_get_string(v);
+                        if (!val || cmek_string_has_cc(val) || streq(name, "EVENT") || streq(name, "EVENT_TIME_USEC"))
+                                continue;
+                        if (asprintf(&env[*n], "CMEK_%s=%s", name, val) >= 0)
+                                (*n)++;
+                }
+        }
+        env[*n] = NULL;
+        json_object_put(ev);
+}
+
+/* clone(CLONE_VM|CLONE_VFORK), as posix_spawn() does, not fork(): no copy of the daemon's page
+ * tables (under emulation a fork cost ~0.1 s, times hooks times events); unlike posix_spawn the
+ * child can drop capabilities and set no_new_privs before the exec. */
 static void spawn_one(Manager *m, const char *path, const char *json) {
-        posix_spawn_file_actions_t fa;
-        posix_spawnattr_t attr;
-        sigset_t none, def;
-        char *argv[] = { (char *) path, NULL };
-        int pipefd[2], r;
+        static char stack[64 * 1024] __attribute__((aligned(16)));
+        char *argv[] = { (char *) path, NULL }, *env[HOOK_ENV_MAX] = {};
+        _cleanup_close_ int dfd = -1, null_fd = -1;
+        const char *slash = strrchr(path, '/'), *why;
+        HookExec x = {};
+        size_t n_env = 0;
+        int pipefd[2];
+        bool silent;
         Hook *h;
         pid_t pid;
 
-        if (pipe2(pipefd, O_CLOEXEC) < 0)
+        /* checked again now: the run may have waited in the queue */
+        dfd = hooks_dir_open(m);
+        if (dfd < 0)
                 return;
-        sigemptyset(&none);
-        sigemptyset(&def);
-        sigaddset(&def, SIGPIPE);
-        sigaddset(&def, SIGCHLD);
-        r = posix_spawn_file_actions_init(&fa);
-        if (r == 0) {
-                r = posix_spawnattr_init(&attr);
-                if (r != 0)
-                        (void) posix_spawn_file_actions_destroy(&fa);
+        why = hook_refusal(dfd, slash ? slash + 1 : path, &silent);
+        if (why) {
+                if (!silent)
+                        log_warning("Hook %s %s, not running it.", path, why);
+                return;
         }
-        if (r == 0) {
-                if ((r = posix_spawn_file_actions_adddup2(&fa, pipefd[0], STDIN_FILENO)) == 0 &&
-                    (r = posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0)) == 0 &&
-                    (r = posix_spawnattr_setsigmask(&attr, &none)) == 0 &&
-                    (r = posix_spawnattr_setsigdefault(&attr, &def)) == 0 &&
-                    (r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) == 0)
-                        r = posix_spawn(&pid, path, &fa, &attr, argv, environ);
-                (void) posix_spawn_file_actions_destroy(&fa);
-                (void) posix_spawnattr_destroy(&attr);
+        null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null_fd < 0 || pipe2(pipefd, O_CLOEXEC) < 0) {
+                log_warning_errno(errno, "Failed to start hook %s: %m", path);
+                return;
         }
+        hook_env(json, env, &n_env);
+        x = (HookExec) { .path = path, .argv = argv, .envp = env, .stdin_fd = pipefd[0], .null_fd = null_fd };
+        pid = clone(hook_child, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD, &x);
+        for (size_t i = 0; i < n_env; i++)
+                free(env[i]);
         (void) close(pipefd[0]);
-        if (r != 0) {
-                log_warning_errno(-r, "Failed to start hook %s: %m", path);
+        if (pid < 0 || x.err) {
+                if (pid < 0)
+                        log_warning_errno(errno, "Failed to start hook %s: %m", path);
+                else {
+                        log_warning_errno(x.err, "Failed to start hook %s: could not %s: %m", path, x.failed);
+                        (void) waitpid(pid, NULL, 0);
+                }
                 (void) close(pipefd[1]);
                 return;
         }
@@ -225,23 +383,32 @@ static void spawn_one(Manager *m, const char *path, const char *json) {
 
 void events_run_hooks(Manager *m, json_object *event) {
         struct dirent **names = NULL;
+        _cleanup_close_ int dfd = -1;
         const char *json;
         int n;
 
         if (!m->hooks_dir || !m->event)
                 return;
-        n = scandir(m->hooks_dir, &names, NULL, alphasort);
+        dfd = hooks_dir_open(m);
+        if (dfd < 0)
+                return; /* no hooks directory (or a refused one, logged): nothing to run */
+        n = scandirat(dfd, ".", &names, NULL, alphasort);
         if (n < 0)
-                return; /* no hooks directory: nothing to run */
+                return;
         json = json_object_to_json_string_ext(event, JSON_C_TO_STRING_PLAIN);
         for (int i = 0; i < n; i++) {
                 _cleanup_free_ char *path = NULL;
-                struct stat st;
+                const char *why;
+                bool silent;
 
-                if (names[i]->d_name[0] != '.' &&
-                    asprintf(&path, "%s/%s", m->hooks_dir, names[i]->d_name) >= 0 &&
-                    stat(path, &st) >= 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111))
-                        queue_run(path, json);
+                if (names[i]->d_name[0] != '.') {
+                        why = hook_refusal(dfd, names[i]->d_name, &silent);
+                        if (why && !silent)
+                                log_warning("Hook %s/%s %s, not running it: hooks must be root-owned executables, "
+                                            "not writable by group or others.", m->hooks_dir, names[i]->d_name, why);
+                        if (!why && asprintf(&path, "%s/%s", m->hooks_dir, names[i]->d_name) >= 0)
+                                queue_run(path, json);
+                }
                 free(names[i]);
         }
         free(names);

@@ -644,7 +644,20 @@ static int dispatch(Connection *c, json_object *msg) {
 
         params = params ? json_object_get(params) : json_object_new_object();
         call_ref(call);
-        r = mm->handler(m, call, params);
+        /* output hygiene: no name or path with control characters gets past this point */
+        const char *bad = cmek_json_find_cc(params);
+        if (bad) {
+                json_object *p = json_object_new_object();
+                char name[72], text[256];
+                (void) cmek_cescape_buf(bad, name, sizeof(name)); /* the key is the caller's too */
+                (void) snprintf(text, sizeof(text), "\"%s\" contains control characters (escape sequences, "
+                                "newlines, tabs): use a name or path without them.", name);
+                json_object_object_add(p, "parameter", json_object_new_string(name));
+                json_object_object_add(p, "message", json_object_new_string(text));
+                (void) call_error(call, VARLINK_ERROR_INVALID_PARAMETER, p);
+                r = 0;
+        } else
+                r = mm->handler(m, call, params);
         json_object_put(params);
         if (!call->replied && !(call->more && call->n_ref > 2) && r < 0) {
                 log_error("%s failed: %s", method, strerror(-r));

@@ -432,7 +432,10 @@ static int send_journal(uint64_t seq, const CmekAuditEntry *e, const char *hash,
         struct iovec iov[ARRAY_SIZE(fields)];
         size_t n = 0;
         int idx = event_index(e->event), prio, r = 0;
-        _cleanup_free_ char *msg = human_message(e, idx);
+        _cleanup_free_ char *raw = human_message(e, idx);
+        /* MESSAGE= is what journalctl prints to a terminal: names and paths in it come from
+         * callers and disk headers, so every control character is escaped */
+        _cleanup_free_ char *msg = cmek_cescape(raw);
 
         if (!msg)
                 return -ENOMEM;

@@ -14,7 +14,7 @@ void cmek_log_set_ident(const char *s) { ident = s; }
 
 int cmek_log_internal(int level, int error, const char *file, int line, const char *fmt, ...) {
         int saved = errno;
-        char buf[2048];
+        char raw[2048], buf[2048];
         va_list ap;
 
         if (error < 0)
@@ -23,8 +23,11 @@ int cmek_log_internal(int level, int error, const char *file, int line, const ch
                 return -error;
         errno = error; /* so that %m prints it */
         va_start(ap, fmt);
-        (void) vsnprintf(buf, sizeof(buf), fmt, ap);
+        (void) vsnprintf(raw, sizeof(raw), fmt, ap);
         va_end(ap);
+        /* messages carry paths and names from callers and disk headers: one line, nothing a
+         * terminal or the journal would interpret (an embedded newline would forge a log line) */
+        (void) cmek_cescape_buf(raw, buf, sizeof(buf));
         if (getenv("JOURNAL_STREAM"))
                 fprintf(stderr, "<%d>%s\n", level, buf);
         else if (ident)

@@ -24,6 +24,10 @@ static int write_all(int fd, const void *data, size_t size) {
 }
 
 int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode_t mode) {
+        return cmek_write_file_atomic_full(path, data, size, mode, (uid_t) -1, (gid_t) -1);
+}
+
+int cmek_write_file_atomic_full(const char *path, const void *data, size_t size, mode_t mode, uid_t uid, gid_t gid) {
         _cleanup_free_ char *tmp = NULL, *dircopy = NULL;
         _cleanup_close_ int fd = -1, dfd = -1;
         int r;
@@ -45,6 +49,9 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
         if (fd < 0)
                 return -errno;
         r = write_all(fd, data, size);
+        if (r >= 0 && (uid != (uid_t) -1 || gid != (gid_t) -1) && fchown(fd, uid, gid) < 0)
+                r = -errno;
+        /* after fchown, which may clear set-id bits */
         if (r >= 0 && fchmod(fd, mode) < 0)
                 r = -errno;
         if (r >= 0 && fsync(fd) < 0)
@@ -127,3 +134,93 @@ static uint64_t clock_usec(clockid_t c) {
 
 uint64_t cmek_now_usec(void) { return clock_usec(CLOCK_REALTIME); }
 uint64_t cmek_monotonic_usec(void) { return clock_usec(CLOCK_MONOTONIC); }
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if it is not one. */
+static size_t utf8_len(const unsigned char *p) {
+        size_t n;
+        uint32_t c;
+
+        if (p[0] < 0x80)
+                return 1;
+        if (p[0] >= 0xc2 && p[0] <= 0xdf)
+                n = 2, c = p[0] & 0x1f;
+        else if (p[0] >= 0xe0 && p[0] <= 0xef)
+                n = 3, c = p[0] & 0x0f;
+        else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+                n = 4, c = p[0] & 0x07;
+        else
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                c = (c << 6) | (p[i] & 0x3f);
+        }
+        /* overlong forms, surrogates and beyond U+10FFFF are not valid */
+        if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10ffff)) || (c >= 0xd800 && c <= 0xdfff))
+                return 0;
+        return n;
+}
+
+static bool is_c1(const unsigned char *p) {
+        return p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f;
+}
+
+bool cmek_string_has_cc(const char *s) {
+        for (const unsigned char *p = (const unsigned char *) s; p && *p; p++)
+                if (*p < 0x20 || *p == 0x7f || is_c1(p))
+                        return true;
+        return false;
+}
+
+size_t cmek_cescape_buf(const char *s, char *buf, size_t size) {
+        const unsigned char *p = (const unsigned char *) strempty(s);
+        size_t o = 0;
+
+        if (size == 0)
+                return 0;
+        while (*p) {
+                char tmp[16];
+                size_t n = 0, adv = 1, ul = utf8_len(p);
+
+                switch (*p) {
+                case '\a': n = (size_t) snprintf(tmp, sizeof(tmp), "\\a"); break;
+                case '\b': n = (size_t) snprintf(tmp, sizeof(tmp), "\\b"); break;
+                case '\f': n = (size_t) snprintf(tmp, sizeof(tmp), "\\f"); break;
+                case '\n': n = (size_t) snprintf(tmp, sizeof(tmp), "\\n"); break;
+                case '\r': n = (size_t) snprintf(tmp, sizeof(tmp), "\\r"); break;
+                case '\t': n = (size_t) snprintf(tmp, sizeof(tmp), "\\t"); break;
+                case '\v': n = (size_t) snprintf(tmp, sizeof(tmp), "\\v"); break;
+                case '\\': n = (size_t) snprintf(tmp, sizeof(tmp), "\\\\"); break;
+                default:
+                        if (*p < 0x20 || *p == 0x7f || ul == 0)
+                                n = (size_t) snprintf(tmp, sizeof(tmp), "\\x%02x", *p);
+                        else if (is_c1(p)) {
+                                n = (size_t) snprintf(tmp, sizeof(tmp), "\\x%02x\\x%02x", p[0], p[1]);
+                                adv = 2;
+                        } else {
+                                memcpy(tmp, p, ul);
+                                n = adv = ul;
+                        }
+                }
+                if (o + n >= size)
+                        break;
+                memcpy(buf + o, tmp, n);
+                o += n;
+                p += adv;
+        }
+        buf[o] = 0;
+        return o;
+}
+
+char *cmek_cescape(const char *s) {
+        size_t size;
+        char *buf;
+
+        if (!s)
+                return NULL;
+        size = strlen(s) * 8 + 1; /* at most \xc2\x9b for two bytes, \xNN for one */
+        buf = malloc(size);
+        if (buf)
+                (void) cmek_cescape_buf(s, buf, size);
+        return buf;
+}

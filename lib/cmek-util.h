@@ -62,8 +62,21 @@ static inline bool memeq_consttime(const void *a, const void *b, size_t n) {
 /* Write a file atomically: temp file ".NAME.cmek-tmp" in the same directory (a leftover of a crash is
  * replaced by the next write), fsync, rename, fsync the directory. */
 int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode_t mode);
+/* The same, and the temporary file gets owner uid and group gid (fchown before the rename; -1
+ * keeps that id), so the file never exists under its name with other owners or mode. */
+int cmek_write_file_atomic_full(const char *path, const void *data, size_t size, mode_t mode, uid_t uid, gid_t gid);
 /* Read a whole file (at most max bytes); NUL-terminated. */
 int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
 int cmek_mkdir_p(const char *path, mode_t mode);
+
+/* True if s holds a control character: C0 (below 0x20), DEL, or a C1 control encoded in UTF-8
+ * (U+0080..U+009F). Names and paths from callers are refused when it is. */
+bool cmek_string_has_cc(const char *s);
+/* A copy of s safe for a terminal or a log line, as systemd's cescape(): \a \b \f \n \r \t \v \\
+ * and \xNN for every other control character (C0, DEL, C1) and for bytes that are not valid UTF-8;
+ * printable ASCII and valid UTF-8 are kept. NULL on allocation failure (or for a NULL s). */
+char *cmek_cescape(const char *s);
+/* The same into buf (always NUL-terminated; cut at a character boundary if it does not fit). */
+size_t cmek_cescape_buf(const char *s, char *buf, size_t size);
 uint64_t cmek_now_usec(void);          /* CLOCK_REALTIME, µs */
 uint64_t cmek_monotonic_usec(void);

@@ -18,7 +18,9 @@ const char *cmek_client_socket_path(const char *path) {
         const char *e;
         if (path && *path)
                 return path;
-        e = getenv(CMEK_SOCKET_ENV);
+        /* secure_getenv: the token plugin runs inside whatever opens a volume; in a setuid or
+         * otherwise privileged (AT_SECURE) program the caller's environment is not trusted */
+        e = secure_getenv(CMEK_SOCKET_ENV);
         return e && *e ? e : CMEK_DEFAULT_SOCKET;
 }
 
@@ -42,6 +44,18 @@ int cmek_client_connect(const char *path, int timeout_ms, CmekClient **ret) {
         c->fd = TAKE_FD(fd);
         c->timeout_ms = timeout_ms;
         *ret = c;
+        return 0;
+}
+
+int cmek_client_peer_uid(CmekClient *c, uid_t *ret) {
+        struct ucred cred = {};
+        socklen_t len = sizeof(cred);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        if (len != sizeof(cred) || cred.pid <= 0)
+                return -EIO;
+        *ret = cred.uid;
         return 0;
 }
 
@@ -224,4 +238,21 @@ bool cmek_json_get_bool(json_object *o, const char *key, bool def) {
         if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_boolean))
                 return def;
         return json_object_get_boolean(v);
+}
+
+const char *cmek_json_find_cc(json_object *params) {
+        if (!params || !json_object_is_type(params, json_type_object))
+                return NULL;
+        json_object_object_foreach(params, k, v) {
+                if (json_object_is_type(v, json_type_string) && cmek_string_has_cc(json_object_get_string(v)))
+                        return k;
+                if (json_object_is_type(v, json_type_array))
+                        for (size_t i = 0; i < json_object_array_length(v); i++) {
+                                json_object *e = json_object_array_get_idx(v, i);
+                                if (json_object_is_type(e, json_type_string) &&
+                                    cmek_string_has_cc(json_object_get_string(e)))
+                                        return k;
+                        }
+        }
+        return NULL;
 }

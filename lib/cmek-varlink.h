@@ -14,6 +14,8 @@ typedef struct CmekClient CmekClient;
  * the daemon is not there). */
 int cmek_client_connect(const char *path, int timeout_ms, CmekClient **ret);
 CmekClient *cmek_client_free(CmekClient *c);
+/* The uid of the process that serves the socket (SO_PEERCRED, taken when it listened). */
+int cmek_client_peer_uid(CmekClient *c, uid_t *ret);
 static inline void cmek_client_freep(CmekClient **c) { cmek_client_free(*c); }
 const char *cmek_client_socket_path(const char *path);
 
@@ -35,3 +37,7 @@ void cmek_json_wipe_string(json_object *o);
 const char *cmek_json_get_string(json_object *o, const char *key);
 bool cmek_json_get_int64(json_object *o, const char *key, int64_t *ret);
 bool cmek_json_get_bool(json_object *o, const char *key, bool def);
+/* The name of the first string parameter (top level, or inside a top-level array of strings) that
+ * holds a control character (cmek_string_has_cc), or NULL: names and paths with escape sequences
+ * are refused at the API before any handler sees them. */
+const char *cmek_json_find_cc(json_object *params);

@@ -77,7 +77,7 @@ static bool crypttab_source_matches(const char *source, const char *uuid, const 
 /* 1 when /etc/crypttab (or $SYSTEMD_CRYPTTAB, as systemd-cryptsetup-generator) lists the device:
  * such a volume belongs to systemd-cryptsetup@.service and must not be attached twice. */
 static int listed_in_crypttab(const char *uuid, const struct stat *st) {
-        const char *fn = getenv("SYSTEMD_CRYPTTAB") ?: CRYPTTAB_DEFAULT;
+        const char *fn = secure_getenv("SYSTEMD_CRYPTTAB") ?: CRYPTTAB_DEFAULT;
         _cleanup_fclose_ FILE *f = NULL;
         char line[4096];
 

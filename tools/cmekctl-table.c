@@ -36,7 +36,8 @@ void table_add_cell(Table *t, const char *s) {
                 t->cells = nc;
                 t->alloc = na;
         }
-        t->cells[t->n_cells++] = strdup(s && *s ? s : "-");
+        /* cells come from the daemon, which relays names, paths and audit lines from outside */
+        t->cells[t->n_cells++] = cmek_cescape(s && *s ? s : "-");
 }
 
 void table_add(Table *t, ...) {
@@ -71,5 +72,21 @@ void table_print(Table *t) {
 }
 
 void ctl_print_field(const char *name, const char *value) {
-        printf("%20s: %s\n", name, value && *value ? value : "-");
+        printf("%20s: %s\n", name, ctl_esc(value && *value ? value : "-"));
+}
+
+const char *ctl_esc(const char *s) {
+        static char *ring[8];
+        static unsigned next;
+        char *e;
+
+        if (!s)
+                return NULL;
+        e = cmek_cescape(s);
+        if (!e)
+                return "?";
+        free(ring[next]);
+        ring[next] = e;
+        next = (next + 1) % ARRAY_SIZE(ring);
+        return e;
 }

@@ -326,7 +326,7 @@ static int verb_unbind(int argc, char *argv[]) {
         if (k != 0)
                 return k;
         if (remove && !arg_json) {
-                printf("CMEK keyslot and token removed from %s.\n", argv[optind]);
+                printf("CMEK keyslot and token removed from %s.\n", ctl_esc(argv[optind]));
                 json_object_put(r);
                 return 0;
         }
@@ -368,11 +368,11 @@ static int verb_unlock(int argc, char *argv[]) {
                 json_object *v = NULL;
                 json_object_object_get_ex(r, "volume", &v);
                 if (test)
-                        printf("%s: the CMEK keyslot opens (key %s version %s).\n", argv[optind],
-                               strempty(cmek_json_get_string(v, "key_id")),
+                        printf("%s: the CMEK keyslot opens (key %s version %s).\n", ctl_esc(argv[optind]),
+                               strempty(ctl_esc(cmek_json_get_string(v, "key_id"))),
                                json_object_get_string(json_object_object_get(v, "key_version")));
                 else
-                        printf("%s unlocked as /dev/mapper/%s.\n", argv[optind], strempty(cmek_json_get_string(v, "mapping")));
+                        printf("%s unlocked as /dev/mapper/%s.\n", ctl_esc(argv[optind]), strempty(ctl_esc(cmek_json_get_string(v, "mapping"))));
         }
         json_object_put(r);
         return 0;
@@ -444,7 +444,7 @@ static int verb_restore(int argc, char *argv[]) {
                 if (!arg_json) {
                         json_object *v = NULL;
                         json_object_object_get_ex(r, "volume", &v);
-                        printf("%s restored as /dev/mapper/%s.\n", argv[optind], strempty(cmek_json_get_string(v, "mapping")));
+                        printf("%s restored as /dev/mapper/%s.\n", ctl_esc(argv[optind]), strempty(ctl_esc(cmek_json_get_string(v, "mapping"))));
                         json_object_put(r);
                         return 0;
                 }
@@ -458,9 +458,9 @@ static int verb_restore(int argc, char *argv[]) {
                 if (json_object_object_get_ex(r, "results", &res))
                         for (size_t i = 0; i < json_object_array_length(res); i++) {
                                 json_object *e = json_object_array_get_idx(res, i);
-                                printf("%s: %s%s%s\n", strempty(cmek_json_get_string(e, "path")),
-                                       strempty(cmek_json_get_string(e, "result")),
-                                       cmek_json_get_string(e, "error") ? ": " : "", strempty(cmek_json_get_string(e, "error")));
+                                printf("%s: %s%s%s\n", strempty(ctl_esc(cmek_json_get_string(e, "path"))),
+                                       strempty(ctl_esc(cmek_json_get_string(e, "result"))),
+                                       cmek_json_get_string(e, "error") ? ": " : "", strempty(ctl_esc(cmek_json_get_string(e, "error"))));
                         }
                 printf("%" PRIi64 " restored, %" PRIi64 " failed.\n", restored, failed);
         }
@@ -523,7 +523,7 @@ static int on_rewrap_reply(json_object *reply, void *userdata) {
                 json_object_object_get_ex(reply, "volume", &v);
                 if (s->tty)
                         fprintf(stderr, "\r\033[K[%" PRIi64 "/%" PRIi64 "] %s: %s", i, n,
-                                strempty(cmek_json_get_string(v, "path")), strempty(cmek_json_get_string(v, "result")));
+                                strempty(ctl_esc(cmek_json_get_string(v, "path"))), strempty(ctl_esc(cmek_json_get_string(v, "result"))));
                 return 0;
         }
         s->summary = json_object_get(reply);
@@ -580,9 +580,9 @@ static int verb_rewrap(int argc, char *argv[]) {
                                 json_object *e = json_object_array_get_idx(results, i);
                                 const char *res = cmek_json_get_string(e, "result");
                                 if (res && (streq(res, "failed") || streq(res, "unreachable")))
-                                        printf("%s: %s%s%s\n", strempty(cmek_json_get_string(e, "path")), res,
+                                        printf("%s: %s%s%s\n", strempty(ctl_esc(cmek_json_get_string(e, "path"))), res,
                                                cmek_json_get_string(e, "error") ? ": " : "",
-                                               strempty(cmek_json_get_string(e, "error")));
+                                               strempty(ctl_esc(cmek_json_get_string(e, "error"))));
                         }
                 printf("%" PRIi64 " re-wrapped, %" PRIi64 " already current, %" PRIi64 " unreachable, %" PRIi64 " failed.\n",
                        done, current, unreachable, failed);
@@ -618,7 +618,7 @@ static int verb_scan(int argc, char *argv[]) {
         else if (json_object_object_get_ex(r, "results", &res))
                 for (size_t i = 0; i < json_object_array_length(res); i++) {
                         json_object *e = json_object_array_get_idx(res, i);
-                        printf("%s: %s\n", strempty(cmek_json_get_string(e, "path")), strempty(cmek_json_get_string(e, "result")));
+                        printf("%s: %s\n", strempty(ctl_esc(cmek_json_get_string(e, "path"))), strempty(ctl_esc(cmek_json_get_string(e, "result"))));
                 }
         json_object_put(r);
         return 0;

@@ -48,9 +48,11 @@ static void print_error(const char *method, const char *error, json_object *p) {
                 json_object_put(o);
                 return;
         }
-        fprintf(stderr, "cmekctl: %s: %s\n", error, msg ? msg : json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN));
+        /* the message may quote a caller's path or a name read from a disk header: escaped */
+        fprintf(stderr, "cmekctl: %s: %s\n", ctl_esc(error),
+                msg ? ctl_esc(msg) : json_object_to_json_string_ext(p, JSON_C_TO_STRING_PLAIN));
         if (streq(error, CMEK_ERROR_PERMISSION_DENIED) && stmt && (!msg || !strstr(msg, stmt)))
-                fprintf(stderr, "cmekctl: a statement that would allow it: %s\n", stmt);
+                fprintf(stderr, "cmekctl: a statement that would allow it: %s\n", ctl_esc(stmt));
         if (streq(error, VARLINK_ERROR_METHOD_NOT_FOUND) || streq(error, VARLINK_ERROR_INTERFACE_NOT_FOUND))
                 fprintf(stderr, "cmekctl: the running cmekd does not know %s; is it older than this cmekctl?\n", method);
 }
@@ -246,7 +248,7 @@ static int verb_policy_check(int argc, char *argv[]) {
                 printf("allowed\n");
         else
                 printf("denied%s%s\n", cmek_json_get_string(r, "statement") ? "; this statement would allow it:\n  " : "",
-                       strempty(cmek_json_get_string(r, "statement")));
+                       strempty(ctl_esc(cmek_json_get_string(r, "statement"))));
         json_object_put(r);
         return ok ? 0 : CTL_EXIT_PERMISSION;
 }
@@ -385,10 +387,10 @@ static int verb_audit_verify(int argc, char *argv[]) {
         if (arg_json)
                 ctl_print_json(r);
         else if (ok)
-                printf("%s: %" PRIi64 " entries, chain intact\n", cmek_json_get_string(r, "path"), lines);
+                printf("%s: %" PRIi64 " entries, chain intact\n", ctl_esc(cmek_json_get_string(r, "path")), lines);
         else
-                fprintf(stderr, "%s: chain broken at line %" PRIi64 ": %s\n", cmek_json_get_string(r, "path"), bad,
-                        strempty(cmek_json_get_string(r, "reason")));
+                fprintf(stderr, "%s: chain broken at line %" PRIi64 ": %s\n", ctl_esc(cmek_json_get_string(r, "path")), bad,
+                        strempty(ctl_esc(cmek_json_get_string(r, "reason"))));
         json_object_put(r);
         return ok ? 0 : CTL_EXIT_VERIFY_FAILED;
 }
@@ -407,7 +409,7 @@ static int print_event(json_object *reply, void *userdata) {
                 (void) cmek_json_get_int64(ev, "time_usec", &t);
                 format_usec((uint64_t) t, when, sizeof(when));
                 (void) json_object_object_get_ex(ev, "data", &d);
-                printf("%s %-24s %s\n", when, cmek_json_get_string(ev, "type"),
+                printf("%s %-24s %s\n", when, ctl_esc(cmek_json_get_string(ev, "type")),
                        d ? json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN) : "");
         }
         return *follow ? 0 : 1;

@@ -50,6 +50,9 @@ Table *table_new(const char *first_column, ...); /* column headers, NULL-termina
 void table_add(Table *t, ...);                    /* one row: one string per column (NULL prints "-") */
 void table_add_cell(Table *t, const char *s);     /* one cell, rows wrap at the column count */
 void table_print(Table *t);                       /* prints, then frees */
+/* s escaped for the terminal (cmek_cescape: control characters as \xNN, \n ...): for every string
+ * that came from the daemon in human output. Valid until 8 more calls; NULL stays NULL. */
+const char *ctl_esc(const char *s);
 /* "key value" list for show commands. */
 void ctl_print_field(const char *name, const char *value);
 

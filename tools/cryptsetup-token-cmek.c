@@ -103,6 +103,21 @@ _public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **bu
                 cmek_token_done(&t);
                 return -EAGAIN;
         }
+        /* the volume key goes only to the real broker: a socket served by anyone but root (a
+         * user's listener named by CMEKD_SOCKET, a squatted path) gets nothing, not even the token */
+        uid_t peer = (uid_t) -1;
+        r = cmek_client_peer_uid(client, &peer);
+        if (r < 0 || peer != 0) {
+                if (r < 0)
+                        crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cannot tell who serves %s (%s): not asking it to unwrap "
+                                   "the volume key (key %s).", path, strerror(-r), t.key_id);
+                else
+                        crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: %s is served by uid %u, not root: refusing to ask it to "
+                                   "unwrap the volume key (key %s). Point CMEKD_SOCKET at cmekd's socket (default "
+                                   CMEK_DEFAULT_SOCKET ") or unset it.", path, (unsigned) peer, t.key_id);
+                cmek_token_done(&t);
+                return -EPERM;
+        }
 
         tok = json_tokener_parse(json);
         params = json_object_new_object();
