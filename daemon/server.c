@@ -1033,10 +1033,11 @@ static int connection_refuse_held(Connection *c) {
                 if (c->out[i] == 0)
                         n++;
         explicit_bzero(c->out, c->out_alloc);
+        connection_account_output(c, 0, c->out_len);
         c->out_len = 0;
         c->close_after_flush = true;
         for (size_t i = 0; i < n; i++) {
-                r = connection_queue(c, err, sizeof(err));
+                r = connection_queue(c, err, sizeof(err), false);
                 if (r < 0)
                         return r;
         }
