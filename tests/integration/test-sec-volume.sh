@@ -37,6 +37,7 @@ chmod 644 "$R/prod.img"
 PROD_UUID=$(cryptsetup luksUUID "$R/prod.img")
 [ -n "$PROD_UUID" ] || fail "no UUID"
 
+grep -q '"result":"ok"' "$AUDIT" || fail "no \"ok\" line in $AUDIT: the audit checks below would be blind"
 # snapshot: registry bytes, the sums of the given files, the count of "ok" audit lines
 snap() { { sha256sum "$REG"; for f; do sha256sum "$f"; done; grep -c '"result":"ok"' "$AUDIT" || true; } 2>&1; }
 assert_unchanged() { # BEFORE WHAT FILES...
@@ -104,6 +105,16 @@ assert_unchanged "$before" "root's show of the planted image" "$R/prod.img" "$P/
 # unlock by UUID still opens the real image
 cmekctl volume unlock --test "$PROD_UUID" --json >"$TEST_TMP/out"
 [ "$(json_get "$(cat "$TEST_TMP/out")" volume.path)" = "$R/prod.img" ] || fail "finding 2: unlock by UUID went elsewhere"
+
+log "a registered volume that really moved is taken at its new path (audited), by an authorized caller"
+cmekctl volume create "$R/mv.img" --key "$PK" --size 16M >/dev/null
+MV_UUID=$(cryptsetup luksUUID "$R/mv.img")
+mv "$R/mv.img" "$R/moved.img"
+as_user_ctl ckvdev volume show "$R/moved.img" >/dev/null 2>&1 && fail "the Dev operator took a Prod volume's rename"
+cmekctl volume show "$R/moved.img" >/dev/null
+[ "$(cmekctl volume show "$MV_UUID" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"]["path"])')" = "$R/moved.img" ] ||
+    fail "the renamed volume was not taken at its new path"
+grep '"volume.moved"' "$AUDIT" | grep -q "$MV_UUID" || fail "the rename was not audited"
 
 log "finding 3: create --force/--size reach only what the caller could write; never the state dir"
 head -c 65536 /dev/urandom >"$R/victim.dat"
