@@ -169,6 +169,19 @@ for args in "volume show $P/fifo" "volume unlock --test $P/fifo" "volume bind $P
     rc=0; timeout 5 as_user_ctl ckvdev $args >/dev/null 2>&1 || rc=$?
     [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "finding 4: '$args' (operator) did not fail at once (exit $rc)"
 done
+# a FIFO planted at a registered path (the operator's own image, replaced) does not block either
+as_user_ctl ckvdev volume create "$P/dev/f.img" --key Dev/devkey --size 16M >/dev/null
+F_UUID=$(cryptsetup luksUUID "$P/dev/f.img")
+as_user ckvdev rm "$P/dev/f.img"
+as_user ckvdev mkfifo "$P/dev/f.img"
+for args in "volume unlock --test $F_UUID" "volume rewrap $F_UUID" "volume unbind $F_UUID"; do
+    start=$(date +%s%N)
+    # shellcheck disable=SC2086
+    rc=0; timeout 5 "$CMEKCTL_BIN" --socket "$SOCK" $args >"$TEST_TMP/out" 2>&1 || rc=$?
+    # (rewrap reports it unreachable and succeeds; the others fail)
+    [ $rc -ne 124 ] || fail "finding 4: '$args' on a registered path now a FIFO timed out"
+    [ $(( ($(date +%s%N) - start) / 1000000 )) -lt 1000 ] || fail "finding 4: '$args' blocked on a FIFO"
+done
 start=$(date +%s%N)
 timeout 1 "$CMEKCTL_BIN" --socket "$SOCK" status >/dev/null || fail "finding 4: status does not answer after the FIFOs"
 [ $(( ($(date +%s%N) - start) / 1000000 )) -lt 1000 ] || fail "finding 4: status slow"
