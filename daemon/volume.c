@@ -115,9 +115,43 @@ const char *rewrap_result_to_string(RewrapResult r) {
         return r < _REWRAP_RESULT_MAX ? rewrap_result_table[r] : NULL;
 }
 
+/* A registered path is opened once (O_NONBLOCK: a FIFO planted there never blocks the loop; only
+ * a block device or a regular file), and libcryptsetup gets /proc/self/fd/N of that fd: the fd
+ * lives as long as the crypt_device, in this small table. */
+typedef struct HeldFd {
+        struct crypt_device *cd;
+        int fd;
+} HeldFd;
+static HeldFd *held;
+static size_t n_held;
+
+static int hold_fd(struct crypt_device *cd, int fd) {
+        HeldFd *n = realloc(held, (n_held + 1) * sizeof(HeldFd));
+        if (!n)
+                return -ENOMEM;
+        held = n;
+        held[n_held++] = (HeldFd) { cd, fd };
+        return 0;
+}
+
+static void cd_free(struct crypt_device *cd) {
+        if (!cd)
+                return;
+        crypt_free(cd);
+        for (size_t i = 0; i < n_held; i++)
+                if (held[i].cd == cd) {
+                        close(held[i].fd);
+                        held[i] = held[--n_held];
+                        if (n_held == 0) {
+                                free(held);
+                                held = NULL;
+                        }
+                        break;
+                }
+}
+
 static void crypt_freep(struct crypt_device **cd) {
-        if (*cd)
-                crypt_free(*cd);
+        cd_free(*cd);
 }
 #define _cleanup_crypt_ _cleanup_(crypt_freep)
 
@@ -558,9 +592,28 @@ static int luks2_open(const char *path, struct crypt_device **ret) {
         const char *type;
         int r;
 
-        if (access(path, F_OK) < 0)
-                return errno == ENOENT ? -ENODEV : -errno;
-        r = crypt_init(&cd, path);
+        if (strncmp(path, "/proc/self/fd/", 14) == 0) {
+                /* an fd the caller opened and checked (volume-open.c, or a header copy) */
+                r = crypt_init(&cd, path);
+        } else {
+                _cleanup_close_ int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+                struct stat st;
+                char proc[32];
+
+                if (fd < 0)
+                        return errno == ENOENT || errno == ENXIO ? -ENODEV : -errno;
+                if (fstat(fd, &st) < 0)
+                        return -errno;
+                if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode))
+                        return -ENODEV; /* not what was registered there */
+                snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+                r = crypt_init(&cd, proc);
+                if (r >= 0) {
+                        r = hold_fd(cd, fd);
+                        if (r >= 0)
+                                TAKE_FD(fd);
+                }
+        }
         if (r < 0)
                 return r == -ENOENT || r == -ENOTBLK ? -ENODEV : r;
         crypt_set_log_callback(cd, crypt_log_cb, NULL);
@@ -1003,7 +1056,7 @@ int volume_create(Manager *m, const VolumeFile *f, uint64_t size, const char *ke
                         log_info("%s: re-formatting the header of an interrupted volume create.", f->real);
                 else
                         r = zero_or_force(f->fd, force);
-                crypt_free(TAKE_PTR(cd));
+                cd_free(TAKE_PTR(cd));
                 if (r < 0)
                         goto out;
         }
@@ -1065,7 +1118,7 @@ out:
         if (r < 0 && f->created) {
                 /* the caller removes the file (with its own rights); no header is left: the
                  * intent goes too (if this save fails, the start drops it) */
-                crypt_free(TAKE_PTR(cd));
+                cd_free(TAKE_PTR(cd));
                 if (ftruncate(f->fd, 0) < 0)
                         log_debug_errno(-errno, "Failed to truncate '%s' again: %m", f->real);
                 if (intent_find(m, "create", uuid, NULL)) {
@@ -1161,7 +1214,7 @@ int volume_bind(Manager *m, const VolumeFile *f, const VolumeProbe *authorized, 
                 v = volume_find_uuid(m, crypt_get_uuid(cd));
                 if (!v || !streq_ptr(v->path, f->real))
                         return -ESTALE;
-                crypt_free(TAKE_PTR(cd));
+                cd_free(TAKE_PTR(cd));
                 RewrapResult res;
                 r = volume_rewrap(m, v, key_id, false, &res);
                 if (r < 0)
@@ -1572,7 +1625,7 @@ int volumes_resolve_intents(Manager *m) {
                     (!streq(op, "create") || !cmek_json_get_bool(e, "recovery", false) ||
                      count_active_keyslots(cd, t.keyslot) > 0)) {
                         cmek_token_done(&t);
-                        crypt_free(TAKE_PTR(cd));
+                        cd_free(TAKE_PTR(cd));
                         r = volume_adopt(m, path, NULL);
                         if (r < 0)
                                 log_warning_errno(r, "%s: failed to register the volume of an interrupted %s: %m", path, op);

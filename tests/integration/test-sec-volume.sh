@@ -37,6 +37,7 @@ chmod 644 "$R/prod.img"
 PROD_UUID=$(cryptsetup luksUUID "$R/prod.img")
 [ -n "$PROD_UUID" ] || fail "no UUID"
 
+grep -q '"result":"ok"' "$AUDIT" || fail "no \"ok\" line in $AUDIT: the audit checks below would be blind"
 # snapshot: registry bytes, the sums of the given files, the count of "ok" audit lines
 snap() { { sha256sum "$REG"; for f; do sha256sum "$f"; done; grep -c '"result":"ok"' "$AUDIT" || true; } 2>&1; }
 assert_unchanged() { # BEFORE WHAT FILES...
@@ -105,6 +106,16 @@ assert_unchanged "$before" "root's show of the planted image" "$R/prod.img" "$P/
 cmekctl volume unlock --test "$PROD_UUID" --json >"$TEST_TMP/out"
 [ "$(json_get "$(cat "$TEST_TMP/out")" volume.path)" = "$R/prod.img" ] || fail "finding 2: unlock by UUID went elsewhere"
 
+log "a registered volume that really moved is taken at its new path (audited), by an authorized caller"
+cmekctl volume create "$R/mv.img" --key "$PK" --size 16M >/dev/null
+MV_UUID=$(cryptsetup luksUUID "$R/mv.img")
+mv "$R/mv.img" "$R/moved.img"
+as_user_ctl ckvdev volume show "$R/moved.img" >/dev/null 2>&1 && fail "the Dev operator took a Prod volume's rename"
+cmekctl volume show "$R/moved.img" >/dev/null
+[ "$(cmekctl volume show "$MV_UUID" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volume"]["path"])')" = "$R/moved.img" ] ||
+    fail "the renamed volume was not taken at its new path"
+grep '"volume.moved"' "$AUDIT" | grep -q "$MV_UUID" || fail "the rename was not audited"
+
 log "finding 3: create --force/--size reach only what the caller could write; never the state dir"
 head -c 65536 /dev/urandom >"$R/victim.dat"
 chmod 600 "$R/victim.dat"
@@ -157,6 +168,19 @@ for args in "volume show $P/fifo" "volume unlock --test $P/fifo" "volume bind $P
     [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "finding 4: '$args' (no grant) did not fail at once (exit $rc)"
     rc=0; timeout 5 as_user_ctl ckvdev $args >/dev/null 2>&1 || rc=$?
     [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "finding 4: '$args' (operator) did not fail at once (exit $rc)"
+done
+# a FIFO planted at a registered path (the operator's own image, replaced) does not block either
+as_user_ctl ckvdev volume create "$P/dev/f.img" --key Dev/devkey --size 16M >/dev/null
+F_UUID=$(cryptsetup luksUUID "$P/dev/f.img")
+as_user ckvdev rm "$P/dev/f.img"
+as_user ckvdev mkfifo "$P/dev/f.img"
+for args in "volume unlock --test $F_UUID" "volume rewrap $F_UUID" "volume unbind $F_UUID"; do
+    start=$(date +%s%N)
+    # shellcheck disable=SC2086
+    rc=0; timeout 5 "$CMEKCTL_BIN" --socket "$SOCK" $args >"$TEST_TMP/out" 2>&1 || rc=$?
+    # (rewrap reports it unreachable and succeeds; the others fail)
+    [ $rc -ne 124 ] || fail "finding 4: '$args' on a registered path now a FIFO timed out"
+    [ $(( ($(date +%s%N) - start) / 1000000 )) -lt 1000 ] || fail "finding 4: '$args' blocked on a FIFO"
 done
 start=$(date +%s%N)
 timeout 1 "$CMEKCTL_BIN" --socket "$SOCK" status >/dev/null || fail "finding 4: status does not answer after the FIFOs"
