@@ -23,6 +23,7 @@ LOG=$STATE/audit.log
 
 log "activity, then a checkpoint (at most 1 s later)"
 cmekctl key create ak --compartment prod >/dev/null
+sleep 1.6
 for i in 1 2 3; do as_user_ctl "$U" key list >/dev/null 2>&1 || true; as_user_ctl "$U" status >/dev/null 2>&1 || true; done
 sleep 2.2
 cmekctl audit verify >"$TEST_TMP/out" || fail "fresh log: $(cat "$TEST_TMP/out" "$TEST_TMP/err")"
