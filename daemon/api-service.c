@@ -770,6 +770,7 @@ typedef struct AuditJob {
         int r;
         unsigned n, bad;
         char *reason;
+        CmekAuditVerifyInfo info;
         json_object *entries;
         uint64_t next;
         struct AuditJob *next_job;
@@ -787,6 +788,7 @@ static AuditJob *audit_job_free(AuditJob *j) {
         call_unref(j->call);
         free(j->path);
         free(j->reason);
+        free(j->info.discontinuity);
         json_object_put(j->entries);
         free(j);
         return NULL;
@@ -797,7 +799,7 @@ static void *audit_job_thread(void *userdata) {
         ssize_t n;
 
         if (j->verify)
-                j->r = cmek_audit_verify(j->path, &j->n, &j->bad, &j->reason);
+                j->r = cmek_audit_verify_info(j->path, &j->info, &j->n, &j->bad, &j->reason);
         else
                 j->r = cmek_audit_read_page(j->path, j->since, j->cursor, j->limit, &j->entries, &j->next);
         do
@@ -815,6 +817,23 @@ static void audit_job_reply(AuditJob *j) {
         if (!call_is_open(c)) {
                 /* the client went away: nothing to say */
         } else if (j->verify) {
+                bool checked = false;
+
+                /* the chain is intact: does the token agree (anchor, checkpoint HMACs)? */
+                if (j->r >= 0) {
+                        j->reason = audit_anchor_judge(j->manager, &j->info, &checked);
+                        if (j->reason) {
+                                j->r = -EBADMSG;
+                                j->bad = (unsigned) (j->info.last_seq + 1 < (uint64_t) j->n ? j->info.last_seq + 1 : j->n);
+                        }
+                }
+                json_object_object_add(p, "checkpoints", json_object_new_int64(j->info.n_checkpoints));
+                json_object_object_add(p, "anchored", json_object_new_boolean(checked));
+                if (audit_anchor_seq() > 0)
+                        json_object_object_add(p, "anchor_seq", json_object_new_int64((int64_t) audit_anchor_seq()));
+                if (!checked)
+                        json_object_object_add(p, "note", json_object_new_string(
+                                audit_anchor_unavailable() ?: "no checkpoint key in the token: only the hash chain was checked"));
                 json_object_object_add(p, "path", json_object_new_string(j->path));
                 json_object_object_add(p, "lines", json_object_new_int64(j->n));
                 json_object_object_add(p, "ok", json_object_new_boolean(j->r >= 0));
@@ -965,6 +984,7 @@ static int method_audit_verify(Manager *m, Call *c, json_object *params) {
         if (!j)
                 return -ENOMEM;
         j->verify = true;
+        j->info.want_seq = audit_anchor_seq();
         r = audit_path(m, &j->path);
         if (r < 0) {
                 free(j);
@@ -1022,7 +1042,11 @@ const Interface interface_service = {
                 "method AuditShow(since_usec: ?int, cursor: ?int, limit: ?int) -> (entries: []object, next_cursor: ?int)\n"
                 "\n"
                 "# Needs: read audit.\n"
-                "method AuditVerify() -> (path: string, lines: int, ok: bool, bad_line: ?int, reason: ?string)\n"
+                "# Checks the hash chain, then with the token: the latest checkpoint's HMAC and the anchor\n"
+                "# (reason \"tail cut after checkpoint N\", \"chain recomputed (checkpoint HMAC mismatch ...)\",\n"
+                "# or a recorded discontinuity). anchored false: only the chain was checked (note says why).\n"
+                "method AuditVerify() -> (path: string, lines: int, ok: bool, bad_line: ?int, reason: ?string,\n"
+                "                         checkpoints: int, anchored: bool, anchor_seq: ?int, note: ?string)\n"
                 "\n"
                 "error PermissionDenied (verb: string, resource: string, compartment: ?string, statement: ?string, message: string)\n"
                 "error MalformedMessage (message: string)\n"

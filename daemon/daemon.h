@@ -27,3 +27,13 @@ void metrics_done(Manager *m);
 void metrics_update(Manager *m);
 json_object *metrics_snapshot(Manager *m);
 int metrics_format_prometheus(json_object *snapshot, char **ret, size_t *ret_size);
+
+/* daemon/audit-anchor.c: checkpoints with an HMAC made in the default vault, the latest one's
+ * seq/hash kept in the token */
+typedef struct CmekAuditVerifyInfo CmekAuditVerifyInfo;
+int audit_anchor_init(Manager *m);
+void audit_anchor_done(Manager *m);
+int audit_anchor_checkpoint(Manager *m);
+uint64_t audit_anchor_seq(void);          /* 0: none */
+char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool *ret_checked);
+const char *audit_anchor_unavailable(void); /* NULL: anchored */

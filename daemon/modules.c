@@ -16,6 +16,8 @@ typedef struct Module {
 static const Module modules[] = {
         /* { "vault", vaults_init, vaults_done, NULL, NULL }, */
         { "keys", keys_init, keys_done, NULL, NULL },   /* vaults and master keys: daemon/key.c */
+        /* the audit log's checkpoints need the default vault */
+        { "audit-anchor", audit_anchor_init, audit_anchor_done, NULL, NULL },  /* daemon/audit-anchor.c */
         /* after the keys: re-wraps on rotation, locks on disable, shreds on deletion */
         { "volumes", volumes_init, volumes_done, volumes_key_state_changed, volumes_key_rotated },
         { "metrics", metrics_init, metrics_done, NULL, NULL },     /* daemon/metrics.c */

@@ -1202,6 +1202,82 @@ int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, siz
         }
 }
 
+/* --- HMAC keys (the audit log's checkpoints) --- */
+
+int vault_hmac_key_generate(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+        CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+        CK_ULONG len = 32;
+        /* non-extractable, sensitive, sign/verify only: the key never leaves the token */
+        CK_ATTRIBUTE tmpl[] = {
+                { CKA_CLASS, &cls, sizeof(cls) },
+                { CKA_KEY_TYPE, &type, sizeof(type) },
+                { CKA_TOKEN, &yes, sizeof(yes) },
+                { CKA_PRIVATE, &yes, sizeof(yes) },
+                { CKA_SENSITIVE, &yes, sizeof(yes) },
+                { CKA_EXTRACTABLE, &no, sizeof(no) },
+                { CKA_SIGN, &yes, sizeof(yes) },
+                { CKA_VERIFY, &yes, sizeof(yes) },
+                { CKA_ENCRYPT, &no, sizeof(no) },
+                { CKA_DECRYPT, &no, sizeof(no) },
+                { CKA_WRAP, &no, sizeof(no) },
+                { CKA_UNWRAP, &no, sizeof(no) },
+                { CKA_DERIVE, &no, sizeof(no) },
+                { CKA_LABEL, (void *) label, strlen(label) },
+                { CKA_VALUE_LEN, &len, sizeof(len) },
+        };
+        CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+        CK_SESSION_HANDLE s;
+        CK_RV rv;
+
+        VAULT_RUN(v, s, rv, v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret));
+        cmek_fault("vault-after-generate-hmac-key");
+        return vault_rv_to_errno(rv);
+}
+
+static CK_RV hmac_sign(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, const void *data, size_t n,
+                       uint8_t *out, CK_ULONG *out_size) {
+        CK_MECHANISM mech = { CKM_SHA256_HMAC, NULL, 0 };
+        CK_RV rv = v->module->C_SignInit(s, &mech, h);
+        if (rv != CKR_OK)
+                return rv;
+        return v->module->C_Sign(s, (CK_BYTE *) data, n, out, out_size);
+}
+
+int vault_hmac_sha256(Vault *v, CK_OBJECT_HANDLE h, const void *data, size_t n, uint8_t ret[static 32]) {
+        uint8_t out[64];
+        CK_ULONG out_size = sizeof(out);
+        CK_SESSION_HANDLE s;
+        CK_RV rv;
+
+        VAULT_RUN(v, s, rv, hmac_sign(v, s, h, data, n, out, &out_size));
+        if (rv != CKR_OK)
+                return vault_rv_to_errno(rv);
+        if (out_size != 32)
+                return -EIO;
+        memcpy(ret, out, 32);
+        return 0;
+}
+
+int vault_secret_is_sealed_hmac(Vault *v, CK_OBJECT_HANDLE h) {
+        CK_BBOOL sens = 0, ext = 1, never = 0;
+        CK_KEY_TYPE type = 0;
+        CK_ATTRIBUTE a[] = {
+                { CKA_SENSITIVE, &sens, sizeof(sens) },
+                { CKA_EXTRACTABLE, &ext, sizeof(ext) },
+                { CKA_NEVER_EXTRACTABLE, &never, sizeof(never) },
+                { CKA_KEY_TYPE, &type, sizeof(type) },
+        };
+        CK_SESSION_HANDLE s;
+        CK_RV rv;
+
+        VAULT_RUN(v, s, rv, v->module->C_GetAttributeValue(s, h, a, ARRAY_SIZE(a)));
+        if (rv != CKR_OK)
+                return vault_rv_to_errno(rv);
+        return sens && !ext && never && type == CKK_GENERIC_SECRET;
+}
+
 /* --- wrapping key and import --- */
 
 static const char *const wrap_algorithms[_VAULT_WRAP_MAX] = {

@@ -82,6 +82,17 @@ int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, siz
                                void **ret_pt);
 int vault_random(Vault *v, void *buf, size_t n);
 
+/* --- HMAC-SHA256 inside the token (the audit log's checkpoints, daemon/audit-anchor.c) --- */
+#define VAULT_AUDIT_HMAC_LABEL "cmek:audit-hmac"
+#define VAULT_AUDIT_ANCHOR_LABEL "cmek:audit-anchor"
+/* A 256-bit CKK_GENERIC_SECRET key: sensitive, never extractable, CKA_SIGN/CKA_VERIFY only.
+ * Find it with vault_secret_find(). */
+int vault_hmac_key_generate(Vault *v, const char *label, CK_OBJECT_HANDLE *ret);
+/* CKM_SHA256_HMAC through C_Sign (works through p11-kit's RPC too). */
+int vault_hmac_sha256(Vault *v, CK_OBJECT_HANDLE h, const void *data, size_t n, uint8_t ret[static 32]);
+/* 1 when the key is a sensitive, never-extractable generic secret, 0 when not, or -errno. */
+int vault_secret_is_sealed_hmac(Vault *v, CK_OBJECT_HANDLE h);
+
 /* --- import (BYOK) --- */
 typedef enum VaultWrapAlgorithm {
         VAULT_WRAP_RSA_OAEP_SHA256,

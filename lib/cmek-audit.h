@@ -60,6 +60,7 @@ typedef struct CmekAuditEntry {
         const char *volume;
         const char *detail;      /* free text for humans; never a secret */
         uint64_t count;          /* > 0: this line stands for COUNT events (aggregated denials) */
+        const char *mac;         /* audit.checkpoint: hex HMAC-SHA256 made in the token */
 } CmekAuditEntry;
 
 enum {
@@ -110,6 +111,24 @@ uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a);
  * *ret_n_lines is the number of lines read (up to and including the bad one). Any ret_ may be
  * NULL; other errors (-ENOENT, -EIO, ...) leave them untouched. */
 int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad_line, char **ret_reason);
+/* What verify learns besides the chain, for the daemon's anchor checks (daemon/audit-anchor.c). */
+typedef struct CmekAuditLineInfo {
+        uint64_t seq;                   /* 0: no such line */
+        bool checkpoint;                /* an audit.checkpoint line with a well-formed "mac" */
+        char prev[65], hash[65], mac[65];
+} CmekAuditLineInfo;
+typedef struct CmekAuditVerifyInfo {
+        uint64_t want_seq;              /* in: describe this line in .wanted (0: none) */
+        uint64_t last_seq;              /* out: seq of the last good line */
+        unsigned n_checkpoints;
+        CmekAuditLineInfo last_checkpoint, wanted;
+        uint64_t discontinuity_seq;     /* first audit.discontinuity line (0: none) and its detail */
+        char *discontinuity;            /* free() it */
+} CmekAuditVerifyInfo;
+/* cmek_audit_verify() that also fills info (may be NULL). */
+int cmek_audit_verify_info(const char *path, CmekAuditVerifyInfo *info, unsigned *ret_n_lines,
+                           unsigned *ret_bad_line, char **ret_reason);
+
 /* Reads entries with time_usec >= since_usec into a JSON array (newest last). A torn last line
  * is skipped; a complete line that is not a JSON object gives -EBADMSG. */
 int cmek_audit_read(const char *path, uint64_t since_usec, json_object **ret_array);

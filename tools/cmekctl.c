@@ -386,8 +386,20 @@ static int verb_audit_verify(int argc, char *argv[]) {
         (void) cmek_json_get_int64(r, "bad_line", &bad);
         if (arg_json)
                 ctl_print_json(r);
-        else if (ok)
-                printf("%s: %" PRIi64 " entries, chain intact\n", ctl_esc(cmek_json_get_string(r, "path")), lines);
+        else if (ok && file)
+                printf("%s: %" PRIi64 " entries, chain intact\n"
+                       "note: offline, without the token: only the hash chain was checked; a cut tail or a recomputed\n"
+                       "chain is found by 'cmekctl audit verify' through the daemon (checkpoint HMACs, token anchor)\n",
+                       ctl_esc(cmek_json_get_string(r, "path")), lines);
+        else if (ok && cmek_json_get_bool(r, "anchored", false)) {
+                int64_t cps = 0, anchor = 0;
+                (void) cmek_json_get_int64(r, "checkpoints", &cps);
+                (void) cmek_json_get_int64(r, "anchor_seq", &anchor);
+                printf("%s: %" PRIi64 " entries, chain intact, %" PRIi64 " checkpoints, anchored in the token at line %" PRIi64 "\n",
+                       ctl_esc(cmek_json_get_string(r, "path")), lines, cps, anchor);
+        } else if (ok)
+                printf("%s: %" PRIi64 " entries, chain intact\nnote: %s\n", ctl_esc(cmek_json_get_string(r, "path")), lines,
+                       ctl_esc(cmek_json_get_string(r, "note")) ?: "only the hash chain was checked");
         else
                 fprintf(stderr, "%s: chain broken at line %" PRIi64 ": %s\n", ctl_esc(cmek_json_get_string(r, "path")), bad,
                         strempty(ctl_esc(cmek_json_get_string(r, "reason"))));
