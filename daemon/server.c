@@ -303,7 +303,9 @@ static int connection_flush(Connection *c) {
 static int connection_queue(Connection *c, const char *data, size_t size, bool secret) {
         size_t max = c->no_grant ? CONNECTION_OUTPUT_PAUSE : CONNECTION_MAX_OUTPUT;
 
-        if (c->out_len + size > max)
+        /* the same bound for one connection and for all of its uid's together: replies pushed
+         * without a request (event streams) to clients that do not read cannot add up */
+        if (c->out_len + size > max || (c->usage && c->usage->out_bytes + size > max))
                 return -ENOBUFS;
         if (c->out_alloc - c->out_len < size || (secret && !c->out_secure)) {
                 bool sec = secret || c->out_secure;
