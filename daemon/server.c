@@ -22,6 +22,9 @@
 #define LISTEN_PAUSE_USEC (250ULL * 1000ULL)          /* out of descriptors: accept again after this */
 #define REQUESTS_PER_WAKEUP 32U                     /* then other clients get their turn */
 #define REFUSAL_LOG_INTERVAL_USEC (10ULL * 1000000ULL)
+/* A refused call costs the caller this many requests of its rate: it is cheap to send and costs
+ * us an audit record; a flood of them is slowed down far more than legitimate use. */
+#define DENIED_REQUEST_COST 20U
 
 /* "[limits]" in cmekd.conf(5). uid 0 is exempt from the per-uid limits and has slots of its own. */
 static struct {
@@ -301,7 +304,9 @@ static int connection_flush(Connection *c) {
 static int connection_queue(Connection *c, const char *data, size_t size, bool secret) {
         size_t max = c->no_grant ? CONNECTION_OUTPUT_PAUSE : CONNECTION_MAX_OUTPUT;
 
-        if (c->out_len + size > max)
+        /* the same bound for one connection and for all of its uid's together: replies pushed
+         * without a request (event streams) to clients that do not read cannot add up */
+        if (c->out_len + size > max || (c->usage && c->usage->out_bytes + size > max))
                 return -ENOBUFS;
         if (c->out_alloc - c->out_len < size || (secret && !c->out_secure)) {
                 bool sec = secret || c->out_secure;
@@ -454,6 +459,8 @@ int call_reply_more(Call *call, json_object *params) {
 
 int call_error(Call *call, const char *error, json_object *params) {
         json_object *msg = json_object_new_object();
+        if (call->conn && call->conn->usage && !call->replied && streq(error, CMEK_ERROR_PERMISSION_DENIED))
+                call->conn->usage->tokens -= DENIED_REQUEST_COST - 1;
         json_object_object_add(msg, "error", json_object_new_string(error));
         json_object_object_add(msg, "parameters", params ? params : json_object_new_object());
         return call_send(call, msg, true);

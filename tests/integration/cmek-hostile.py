@@ -10,6 +10,13 @@
 #   cmek-hostile.py SOCKET huge              a valid request just under 128 KiB, one just over
 #   cmek-hostile.py SOCKET nested            deeply nested JSON (depth 63 .. 100000)
 #   cmek-hostile.py SOCKET noread SECONDS    pipelines requests without reading the replies
+#   cmek-hostile.py SOCKET siege SECONDS MAXCONN KEY_ID    what one unprivileged user can do to
+#       starve others: FLOODERS connections send requests as fast as they are answered (Key.Show
+#       of KEY_ID, refused and audited, and Status), then connections are opened until the
+#       daemon refuses them (at most MAXCONN) and each one pipelines requests with large replies
+#       and never reads; all held for SECONDS; prints counts as JSON
+#   cmek-hostile.py SOCKET trickle SECONDS   sends a request one byte every 0.5 s, never
+#       completing it; prints after how many seconds the daemon closed the connection
 import json
 import os
 import random
@@ -243,6 +250,133 @@ def noread(path, secs):
     return 0
 
 
+FLOODERS = 8
+
+
+def refused_or_closed(s):
+    """Whether the daemon refused (io.cmek.Busy) or closed this connection, without consuming."""
+    try:
+        d = s.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return "closed"
+    if not d:
+        return "closed"
+    if d.startswith(b'{"error":"io.cmek.Busy"'):
+        return "busy"
+    return None
+
+
+def siege(path, secs, maxconn, key_id):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, maxconn + 256), hard))
+    t_end = time.monotonic() + secs
+    lock = threading.Lock()
+    stats = {"flood_requests": 0, "flood_denied": 0, "flood_busy": 0, "flood_errors": 0}
+
+    def flood(i):
+        s, buf = None, [b""]
+        while time.monotonic() < t_end:
+            try:
+                if s is None:
+                    s, buf = connect(path, 5), [b""]
+                if i % 2:
+                    r = call(s, buf, "io.cmek.Key.Show", {"key": key_id})
+                else:
+                    r = call(s, buf, "io.cmek.Service.Status")
+                with lock:
+                    stats["flood_requests"] += 1
+                    if r and r.get("error") == "io.cmek.PermissionDenied":
+                        stats["flood_denied"] += 1
+                    elif r and r.get("error") == "io.cmek.Busy":
+                        stats["flood_busy"] += 1
+                if r is None or r.get("error") == "io.cmek.Busy":
+                    s.close()
+                    s = None
+                    time.sleep(0.05)
+            except (OSError, ValueError):
+                with lock:
+                    stats["flood_errors"] += 1
+                if s:
+                    s.close()
+                s = None
+                time.sleep(0.05)
+        if s:
+            s.close()
+
+    threads = [threading.Thread(target=flood, args=(i,)) for i in range(FLOODERS)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # hold every connection we may, each with replies queued that we never read
+    req = b'{"method":"org.varlink.service.GetInterfaceDescription","parameters":{"interface":"io.cmek.Volume"}}\0' * 64
+    socks, refused = [], 0
+    while len(socks) + refused < maxconn and time.monotonic() < t_end:
+        try:
+            s = connect(path, 5)
+        except OSError:
+            refused += 1
+            break
+        s.setblocking(False)
+        try:
+            s.send(req)
+        except OSError:
+            pass
+        socks.append(s)
+        if len(socks) % 32 == 0:
+            time.sleep(0.2)
+            gone = [x for x in socks if refused_or_closed(x)]
+            if gone:
+                refused += len(gone)
+                for x in gone:
+                    socks.remove(x)
+                    x.close()
+                break  # at the limit
+    time.sleep(1)
+    gone = [x for x in socks if refused_or_closed(x)]
+    for x in gone:
+        socks.remove(x)
+        x.close()
+    refused += len(gone)
+    stats["held"] = len(socks)
+    stats["refused"] = refused
+    # keep the pipes full while holding
+    while time.monotonic() < t_end:
+        for x in socks:
+            try:
+                x.send(req)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    for t in threads:
+        t.join()
+    stats["held_at_end"] = sum(1 for x in socks if not refused_or_closed(x))
+    for x in socks:
+        x.close()
+    print(json.dumps(stats))
+    return 0
+
+
+def trickle(path, secs):
+    s = connect(path)
+    msg = b'{"method":"io.cmek.Service.Status"}'
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < secs:
+        try:
+            s.send(msg[i % len(msg):i % len(msg) + 1])
+        except OSError:
+            break
+        i += 1
+        if refused_or_closed(s):
+            break
+        time.sleep(0.5)
+    closed = refused_or_closed(s) == "closed"
+    print(json.dumps({"closed": closed, "after_seconds": round(time.monotonic() - t0, 1), "bytes_sent": i}))
+    return 0
+
+
 def main():
     path, mode = sys.argv[1], sys.argv[2]
     if mode == "load":
@@ -253,6 +387,10 @@ def main():
         return huge(path)
     if mode == "nested":
         return nested(path)
+    if mode == "siege":
+        return siege(path, float(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+    if mode == "trickle":
+        return trickle(path, float(sys.argv[3]))
     if mode == "noread":
         return noread(path, float(sys.argv[3]))
     return 2

@@ -71,6 +71,32 @@ static bool check_text(const char *text, const Req *r) {
         return policy_check(p, &req);
 }
 
+/* Whether a caller appears in any statement at all (server.c gives the others tiny allowances). */
+static void test_has_any_grant(void **state) {
+        _cleanup_(policy_freep) Policy *p = parse_ok(
+                "allow user id 1000 to inspect keys in compartment dev where target.key.id = 'x'\n"
+                "allow group nogroup to read audit in tenancy\n"
+                "allow group id 54322 to use volumes in compartment prod\n");
+        _cleanup_(policy_freep) Policy *any = parse_ok("allow any-user to inspect vaults in tenancy\n");
+        _cleanup_(policy_freep) Policy *empty = parse_ok("");
+        gid_t g[] = { 1000, GID_NONAME };
+
+        /* root always, with or without a policy */
+        assert_true(policy_subject_has_any_grant(NULL, 0, 0, NULL, 0));
+        assert_true(policy_subject_has_any_grant(empty, 0, 0, NULL, 0));
+        assert_false(policy_subject_has_any_grant(NULL, 1000, 1000, NULL, 0));
+        assert_false(policy_subject_has_any_grant(empty, 1000, 1000, NULL, 0));
+        /* whatever the verb, resource, compartment or condition */
+        assert_true(policy_subject_has_any_grant(p, 1000, 1000, NULL, 0));
+        assert_false(policy_subject_has_any_grant(p, 1001, 1001, NULL, 0));
+        /* by group name (primary or supplementary) and by group id */
+        assert_true(policy_subject_has_any_grant(p, 1001, GID_NOGROUP, NULL, 0));
+        assert_true(policy_subject_has_any_grant(p, 1001, 1001, g, 2));
+        assert_false(policy_subject_has_any_grant(p, 1001, 1001, g, 1));
+        /* any-user names everybody */
+        assert_true(policy_subject_has_any_grant(any, 1001, 1001, NULL, 0));
+}
+
 static void test_verb_strings(void **state) {
         static const struct {
                 const char *s;
@@ -808,6 +834,7 @@ int main(void) {
                 cmocka_unit_test(test_examples),
                 cmocka_unit_test(test_load),
                 cmocka_unit_test(test_robustness),
+                cmocka_unit_test(test_has_any_grant),
         };
 
         /* The automake harness reads TAP (TEST_LOG_DRIVER is tap-driver.sh). */
