@@ -187,7 +187,7 @@ cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin
 FAKE=$TEST_TMP/fake
 mkdir -p "$FAKE"
 chown ckhnone "$FAKE"
-as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock,fork" "OPEN:$FAKE/received,creat,append" &
+as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock" "OPEN:$FAKE/received,creat,append" &
 FAKE_PID=$!
 on_exit "kill $FAKE_PID 2>/dev/null || true"
 for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock" ] && break; sleep 0.05; done
@@ -204,5 +204,31 @@ sleep 0.2
 kill "$FAKE_PID" 2>/dev/null || true
 # the real broker still works with the variable pointing at it
 CMEKD_SOCKET=$SOCK cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin no longer opens through cmekd"
+
+# ---------------------------------------------------------------------------------------------
+log "14: GetWrappingKey: read vaults cannot create the RSA pair, manage vaults can, read then reads it"
+PIN=$(sed -n 's/^user-pin=//p' "$STATE/pins")
+rsa_objects() {
+    SOFTHSM2_CONF=$STATE/softhsm2.conf pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label cmekd-default \
+        --login --pin "$PIN" --list-objects 2>/dev/null | grep -c 'Key Object; RSA' || true
+}
+have_p11=0
+if command -v pkcs11-tool >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]; then have_p11=1; fi
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 0 ] || fail "an RSA object exists before the test"
+audit_lines=$(wc -l <"$STATE/audit.log")
+expect_exit 4 as_user_ctl ckhdev key wrapping-key
+assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
+assert_contains "$(cat "$TEST_TMP/err")" "has no wrapping key yet: an admin with manage vaults must create it"
+[ ! -s "$TEST_TMP/out" ] || fail "a PEM was printed"
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 0 ] || fail "read vaults created an RSA key pair in the token"
+! tail -n +"$((audit_lines + 1))" "$STATE/audit.log" | grep -q '"event":"vault.wrapping-key-created"' ||
+    fail "a wrapping-key creation was audited"
+tail -n +"$((audit_lines + 1))" "$STATE/audit.log" | grep '"event":"policy.denied"' | grep -q "\"uid\":$(id -u ckhdev)," ||
+    fail "the refusal was not audited"
+# root (manage vaults) creates it, audited; read vaults now reads the same key
+cmekctl key wrapping-key --out "$TEST_TMP/wrap.pem"
+grep -q '"event":"vault.wrapping-key-created".*"result":"ok"' "$STATE/audit.log" || fail "creation not audited"
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 2 ] || fail "expected the RSA pair in the token, found $(rsa_objects) objects"
+as_user_ctl ckhdev key wrapping-key | cmp - "$TEST_TMP/wrap.pem" || fail "read vaults does not read the existing key"
 
 log "ok"
