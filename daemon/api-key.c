@@ -115,6 +115,24 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
         r = manager_authorize(m, c, "manage", "keys", comp, NULL, NULL);
         if (r < 0)
                 return r;
+        /* a vault restricted to some compartments ("[vault NAME] compartments = ...") holds
+         * keys of those only: a Dev admin cannot put a key in the Prod HSM */
+        Vault *target = vault_set_find(keys_vaults(m), vault ?: VAULT_DEFAULT_NAME);
+        if (target && !vault_allows_compartment(target, comp)) {
+                _cleanup_free_ char *list = vault_compartments_string(target), *text = NULL;
+                json_object *e;
+
+                if (asprintf(&text, "Vault '%s' holds keys of compartment%s %s only (compartments= in cmekd.conf), not of "
+                             "'%s': create the key in a vault that serves this compartment (--vault), or ask an admin "
+                             "to add it to the vault's list.", vault_name(target), strchr(strempty(list), ',') ? "s" : "",
+                             strempty(list), comp) < 0)
+                        return -ENOMEM;
+                e = error_params(text);
+                json_object_object_add(e, "parameter", json_object_new_string("vault"));
+                json_object_object_add(e, "vault", json_object_new_string(vault_name(target)));
+                json_object_object_add(e, "compartment", json_object_new_string(comp));
+                return call_error(c, VARLINK_ERROR_INVALID_PARAMETER, e);
+        }
         if (get_uint(c, params, "length", 256, 256, &p.bits) < 0 ||
             get_uint(c, params, "rotation_interval_days", 0, 3650, &p.rotation_interval_days) < 0)
                 return 0;
@@ -693,7 +711,8 @@ const Interface interface_vault = {
                 "  slots: ?int,\n"
                 "  free_slots: ?int,\n"
                 "  token: ?TokenInfo,\n"
-                "  keys: ?int\n"
+                "  keys: ?int,\n"
+                "  compartments: ?[]string\n"
                 ")\n"
                 "\n"
                 "method List() -> (vaults: []VaultInfo)\n"

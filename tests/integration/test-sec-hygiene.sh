@@ -37,6 +37,13 @@ usermod -aG ckhmetg ckhmet
 cat >"$CONF" <<C
 [metrics]
 group = ckhmetg
+
+# the embedded vault serves Dev and Ops only; the (absent) HSM serves Prod only
+[vault default]
+compartments = Dev Ops
+
+[vault hsm]
+compartments = Prod
 C
 start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
 chmod 755 "$STATE"
@@ -193,10 +200,12 @@ on_exit "kill $FAKE_PID 2>/dev/null || true"
 for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock" ] && break; sleep 0.05; done
 [ -S "$FAKE/sock" ] || fail "the fake listener did not start"
 sum_plug=$(sha256sum <"$I/plug.img")
+# other tests running in parallel install their own build of the plugin: put ours back just before
+install_token_plugin
 rc=0
 CMEKD_SOCKET=$FAKE/sock timeout 20 cryptsetup open --test-passphrase --token-only "$I/plug.img" 2>"$TEST_TMP/err" || rc=$?
 [ $rc -ne 0 ] || fail "opened through a socket served by a user"
-[ $rc -ne 124 ] || fail "the plugin waited for the fake broker (it talked to it)"
+[ $rc -ne 124 ] || fail "the plugin waited for the fake broker (it talked to it)$(cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so" || echo "; another test replaced the installed plugin meanwhile: re-run")"
 assert_contains "$(cat "$TEST_TMP/err")" "is served by uid $(id -u ckhnone), not root: refusing"
 sleep 0.2
 [ ! -s "$FAKE/received" ] || { od -c "$FAKE/received" | head; fail "the fake broker received data"; }
@@ -230,5 +239,26 @@ cmekctl key wrapping-key --out "$TEST_TMP/wrap.pem"
 grep -q '"event":"vault.wrapping-key-created".*"result":"ok"' "$STATE/audit.log" || fail "creation not audited"
 [ $have_p11 = 0 ] || [ "$(rsa_objects)" = 2 ] || fail "expected the RSA pair in the token, found $(rsa_objects) objects"
 as_user_ctl ckhdev key wrapping-key | cmp - "$TEST_TMP/wrap.pem" || fail "read vaults does not read the existing key"
+
+# ---------------------------------------------------------------------------------------------
+log "14: vault compartments: a key for a compartment outside the vault's list is refused"
+before_keys=$(cmekctl key list --json)
+expect_exit 2 cmekctl key create prodkey --compartment Prod
+assert_contains "$(cat "$TEST_TMP/err")" "org.varlink.service.InvalidParameter"
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
+assert_contains "$(cat "$TEST_TMP/err")" "not of 'Prod'"
+expect_exit 2 cmekctl key import prodimp --compartment Prod --wrapped-file "$TEST_TMP/wrap.pem"
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
+expect_exit 2 as_user_ctl ckhdev key create devhsm --compartment Dev --vault hsm
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'hsm' holds keys of compartment Prod only"
+[ "$(cmekctl key list --json)" = "$before_keys" ] || fail "a key was created in a vault that does not serve its compartment"
+! grep -q '"event":"key.created".*Prod' "$STATE/audit.log" || fail "a Prod key creation was audited"
+# allowed compartments still work, and the list is visible
+cmekctl key create opskey --compartment Ops >/dev/null
+as_user_ctl ckhdev key create devkey2 --compartment Dev >/dev/null
+cmekctl vault show default --json | grep -q '"compartments"' || fail "vault show does not list the compartments"
+v=$(cmekctl vault show default --json)
+[ "$(json_get "$v" vault.compartments)" = '["Dev", "Ops"]' ] || fail "compartments: $(json_get "$v" vault.compartments)"
+cmekctl vault show default | grep -q 'compartments: Dev, Ops' || fail "vault show does not print the compartments"
 
 log "ok"
