@@ -214,6 +214,37 @@ kill "$FAKE_PID" 2>/dev/null || true
 # the real broker still works with the variable pointing at it
 CMEKD_SOCKET=$SOCK cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin no longer opens through cmekd"
 
+log "14: in a setuid program the plugin ignores CMEKD_SOCKET (secure_getenv)"
+TOKEN_OPEN=$top_builddir/tests/integration/token-open
+[ -x "$TOKEN_OPEN" ] || fail "tests/integration/token-open not built"
+CMEKD_SOCKET=$SOCK "$TOKEN_OPEN" "$I/plug.img" 2>"$TEST_TMP/err" || { cat "$TEST_TMP/err"; fail "token-open does not open through cmekd"; }
+cp "$TOKEN_OPEN" "$FAKE/suid-open"
+chown root:root "$FAKE/suid-open"
+chmod 4755 "$FAKE/suid-open"
+cp "$TOKEN_OPEN" "$FAKE/plain-open"
+chmod 755 "$FAKE/plain-open"
+cp "$I/plug.img" "$FAKE/plug-copy.img"
+chmod 644 "$FAKE/plug-copy.img"
+as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock2" "OPEN:$FAKE/received2,creat,append" &
+FAKE_PID=$!
+on_exit "kill $FAKE_PID 2>/dev/null || true"
+for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock2" ] && break; sleep 0.05; done
+install_token_plugin
+rc=0
+as_user ckhnone env CMEKD_SOCKET="$FAKE/sock2" timeout 20 "$FAKE/suid-open" "$FAKE/plug-copy.img" 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] || fail "the setuid program opened the volume"
+assert_not_contains "$(cat "$TEST_TMP/err")" "$FAKE/sock2"
+assert_contains "$(cat "$TEST_TMP/err")" "/run/cmekd/io.cmek.socket"
+sleep 0.2
+kill -0 "$FAKE_PID" 2>/dev/null || fail "the setuid program connected to the socket named by CMEKD_SOCKET"
+# the same program without setuid honours the variable (and the peer check refuses the user's socket)
+rc=0
+as_user ckhnone env CMEKD_SOCKET="$FAKE/sock2" timeout 20 "$FAKE/plain-open" "$FAKE/plug-copy.img" 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] || fail "opened through the user's socket"
+assert_contains "$(cat "$TEST_TMP/err")" "$FAKE/sock2 is served by uid $(id -u ckhnone), not root"
+[ ! -s "$FAKE/received2" ] || fail "the fake broker received data"
+kill "$FAKE_PID" 2>/dev/null || true
+
 # ---------------------------------------------------------------------------------------------
 log "14: GetWrappingKey: read vaults cannot create the RSA pair, manage vaults can, read then reads it"
 PIN=$(sed -n 's/^user-pin=//p' "$STATE/pins")
