@@ -115,6 +115,24 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
         r = manager_authorize(m, c, "manage", "keys", comp, NULL, NULL);
         if (r < 0)
                 return r;
+        /* a vault restricted to some compartments ("[vault NAME] compartments = ...") holds
+         * keys of those only: a Dev admin cannot put a key in the Prod HSM */
+        Vault *target = vault_set_find(keys_vaults(m), vault ?: VAULT_DEFAULT_NAME);
+        if (target && !vault_allows_compartment(target, comp)) {
+                _cleanup_free_ char *list = vault_compartments_string(target), *text = NULL;
+                json_object *e;
+
+                if (asprintf(&text, "Vault '%s' holds keys of compartment%s %s only (compartments= in cmekd.conf), not of "
+                             "'%s': create the key in a vault that serves this compartment (--vault), or ask an admin "
+                             "to add it to the vault's list.", vault_name(target), strchr(strempty(list), ',') ? "s" : "",
+                             strempty(list), comp) < 0)
+                        return -ENOMEM;
+                e = error_params(text);
+                json_object_object_add(e, "parameter", json_object_new_string("vault"));
+                json_object_object_add(e, "vault", json_object_new_string(vault_name(target)));
+                json_object_object_add(e, "compartment", json_object_new_string(comp));
+                return call_error(c, VARLINK_ERROR_INVALID_PARAMETER, e);
+        }
         if (get_uint(c, params, "length", 256, 256, &p.bits) < 0 ||
             get_uint(c, params, "rotation_interval_days", 0, 3650, &p.rotation_interval_days) < 0)
                 return 0;
@@ -625,7 +643,33 @@ static int method_get_wrapping_key(Manager *m, Call *c, json_object *params) {
                 return reply_vault_unavailable(c, name, reason);
         r = vault_wrapping_key_pem(v, /* create= */ false, &pem);
         if (r == -ENOENT) {
-                /* generated once, on first request: a state change, audited */
+                /* generated once, on first request: a state change (an RSA-4096 pair in the
+                 * token, seconds of token time), so it needs manage vaults; read vaults only
+                 * reads a pair that exists */
+                const Caller *caller = call_caller(c);
+                PolicyRequest req = {
+                        .uid = caller->uid, .gid = caller->gid, .groups = caller->groups,
+                        .n_groups = caller->n_groups, .verb = POLICY_VERB_MANAGE, .resource_type = "vaults",
+                };
+                if (!policy_check(m->policy, &req)) {
+                        _cleanup_free_ char *msg = NULL, *needed = policy_explain_denial(&req);
+                        json_object *e;
+
+                        if (asprintf(&msg, "Vault '%s' has no wrapping key yet: an admin with manage vaults must "
+                                     "create it first ('cmekctl key wrapping-key --vault %s')%s%s.", name, name,
+                                     needed ? "; the statement that allows it: " : "", strempty(needed)) < 0)
+                                return -ENOMEM;
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "policy.denied", .operation = call_method(c),
+                                .result = CMEK_ERROR_PERMISSION_DENIED, .detail = msg });
+                        e = error_params(msg);
+                        json_object_object_add(e, "verb", json_object_new_string("manage"));
+                        json_object_object_add(e, "resource", json_object_new_string("vaults"));
+                        json_object_object_add(e, "vault", json_object_new_string(name));
+                        if (needed)
+                                json_object_object_add(e, "statement", json_object_new_string(needed));
+                        return call_error(c, CMEK_ERROR_PERMISSION_DENIED, e);
+                }
                 r = vault_wrapping_key_pem(v, /* create= */ true, &pem);
                 if (r >= 0)
                         (void) manager_audit(m, c, &(AuditRecord) {
@@ -670,7 +714,8 @@ const Interface interface_vault = {
                 "  slots: ?int,\n"
                 "  free_slots: ?int,\n"
                 "  token: ?TokenInfo,\n"
-                "  keys: ?int\n"
+                "  keys: ?int,\n"
+                "  compartments: ?[]string\n"
                 ")\n"
                 "\n"
                 "method List() -> (vaults: []VaultInfo)\n"
@@ -679,7 +724,7 @@ const Interface interface_vault = {
                 "method Show(vault: ?string) -> (vault: VaultInfo)\n"
                 "\n"
                 "# The RSA-4096 public key (PEM) that import blobs are wrapped for; generated in the token\n"
-                "# on the first call.\n"
+                "# on the first call, which needs manage vaults; reading an existing one needs read vaults.\n"
                 "method GetWrappingKey(vault: ?string) -> (vault: string, algorithm: string, public_key: string)\n"
                 "\n"
                 "# GetWrappingKey: the audit log cannot record the operation, so it was refused.\n"

@@ -46,6 +46,8 @@ struct Vault {
         uint64_t failed_usec;   /* last failed attempt (monotonic): retried at most every few seconds */
         int failed_error;
         char *reason;           /* why unavailable; NULL when usable */
+        char **compartments;    /* "compartments = A B": keys of these compartments only; NULL: any */
+        size_t n_compartments;
         /* label -> handle of the secret keys used for decryption (secret_find_cached) */
         struct { char *label; CK_OBJECT_HANDLE h; } handles[VAULT_HANDLE_CACHE_MAX];
         size_t n_handles;
@@ -75,6 +77,9 @@ static Vault *vault_free(Vault *v) {
         }
         if (v->uri)
                 p11_kit_uri_free(v->uri);
+        for (size_t i = 0; i < v->n_compartments; i++)
+                free(v->compartments[i]);
+        free(v->compartments);
         free(v->name);
         free(v->module_path);
         free(v->uri_string);
@@ -590,12 +595,70 @@ static char *strstrip(char *s) {
         return s;
 }
 
+/* "compartments = A B C" (spaces or commas): keys of other compartments are refused in this
+ * vault. Names as compartments are (1-48 of letters, digits, '-', '_'); a bad one is ignored
+ * with a warning; an empty list leaves the vault unrestricted. */
+static int vault_parse_compartments(Vault *v, const char *value, const char *path, unsigned lineno) {
+        _cleanup_free_ char *copy = strdup(value);
+        char *save = NULL;
+
+        if (!copy)
+                return -ENOMEM;
+        for (char *w = strtok_r(copy, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
+                size_t len = strlen(w);
+                bool ok = len >= 1 && len <= 48;
+                for (size_t i = 0; ok && i < len; i++)
+                        ok = isalnum((unsigned char) w[i]) || w[i] == '-' || w[i] == '_';
+                if (!ok) {
+                        log_warning("%s:%u: '%s' is not a compartment name, ignoring it in [vault %s] compartments.",
+                                    path, lineno, w, v->name);
+                        continue;
+                }
+                char **a = reallocarray(v->compartments, v->n_compartments + 1, sizeof(char *));
+                if (!a)
+                        return -ENOMEM;
+                v->compartments = a;
+                if (!(a[v->n_compartments] = strdup(w)))
+                        return -ENOMEM;
+                v->n_compartments++;
+        }
+        return 0;
+}
+
+bool vault_allows_compartment(const Vault *v, const char *compartment) {
+        if (v->n_compartments == 0)
+                return true;
+        for (size_t i = 0; compartment && i < v->n_compartments; i++)
+                if (streq(v->compartments[i], compartment))
+                        return true;
+        return false;
+}
+
+char *vault_compartments_string(const Vault *v) {
+        size_t len = 1;
+        char *s;
+
+        for (size_t i = 0; i < v->n_compartments; i++)
+                len += strlen(v->compartments[i]) + 2;
+        s = malloc(len);
+        if (!s)
+                return NULL;
+        *s = 0;
+        for (size_t i = 0; i < v->n_compartments; i++) {
+                if (i > 0)
+                        strcat(s, ", ");
+                strcat(s, v->compartments[i]);
+        }
+        return s;
+}
+
 static int vault_set_parse_config(VaultSet *set, const char *path) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *line = NULL;
         size_t alloc = 0;
         Vault *cur = NULL;
         unsigned lineno = 0;
+        bool embedded_section = false;
         int r;
 
         f = fopen(path, "re");
@@ -623,6 +686,14 @@ static int vault_set_parse_config(VaultSet *set, const char *path) {
                         if (strncmp(l, "vault", 5) != 0 || !isspace((unsigned char) l[5]))
                                 continue;       /* another module's section */
                         const char *name = strstrip(l + 5);
+                        /* [vault default] may restrict the embedded vault's compartments */
+                        if (streq(name, VAULT_DEFAULT_NAME) && (cur = vault_set_find(set, name)) && cur->embedded &&
+                            !cur->compartments) {
+                                embedded_section = true;
+                                continue;
+                        }
+                        cur = NULL;
+                        embedded_section = false;
                         if (*name == 0 || vault_set_find(set, name)) {
                                 log_warning("%s:%u: vault name '%s' empty or already used, ignoring section.",
                                             path, lineno, name);
@@ -648,6 +719,17 @@ static int vault_set_parse_config(VaultSet *set, const char *path) {
                 *eq = 0;
                 key = strstrip(l);
                 value = strstrip(eq + 1);
+                if (streq(key, "compartments")) {
+                        r = vault_parse_compartments(cur, value, path, lineno);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (embedded_section) {
+                        log_warning("%s:%u: [vault %s] is the embedded vault: only 'compartments' can be set, ignoring '%s'.",
+                                    path, lineno, cur->name, key);
+                        continue;
+                }
                 char **field = streq(key, "module") ? &cur->module_path :
                                streq(key, "token") ? &cur->uri_string :
                                streq(key, "pin-file") ? &cur->pin_file :
@@ -762,6 +844,12 @@ int vault_describe(Vault *v, json_object **ret) {
         json_object_object_add(o, "module", json_string_or_null(v->module_path));
         json_object_object_add(o, "embedded", json_object_new_boolean(v->embedded));
         json_object_object_add(o, "available", json_object_new_boolean(!reason));
+        if (v->n_compartments > 0) {
+                json_object *a = json_object_new_array();
+                for (size_t i = 0; i < v->n_compartments; i++)
+                        json_object_array_add(a, json_object_new_string(v->compartments[i]));
+                json_object_object_add(o, "compartments", a);
+        }
         if (reason)
                 json_object_object_add(o, "reason", json_object_new_string(reason));
 

@@ -36,6 +36,11 @@ const char *vault_unavailable_reason(Vault *v);
 /* { name, uri, module, available, reason, token: {label, manufacturer, model, serial, ...},
  *   slots, free_slots, n_objects } */
 int vault_describe(Vault *v, json_object **ret);
+/* "[vault NAME] compartments = ...": true when keys of this compartment may live in the vault
+ * (always, for a vault without the setting). */
+bool vault_allows_compartment(const Vault *v, const char *compartment);
+/* "A, B" (free() it), for messages. */
+char *vault_compartments_string(const Vault *v);
 
 /* --- CKO_DATA objects with CKA_APPLICATION "cmekd" --- */
 typedef struct VaultData {

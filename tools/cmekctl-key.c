@@ -121,6 +121,17 @@ static void print_vault(json_object *v) {
         ctl_print_field("slots", jint(v, "slots", b, sizeof(b)));
         ctl_print_field("free slots", jint(v, "free_slots", b, sizeof(b)));
         ctl_print_field("keys", jint(v, "keys", b, sizeof(b)));
+        json_object *comps = json_object_object_get(v, "compartments");
+        if (comps && json_object_is_type(comps, json_type_array)) {
+                char list[512] = "";
+                for (size_t i = 0; i < json_object_array_length(comps); i++) {
+                        const char *cn = json_object_get_string(json_object_array_get_idx(comps, i));
+                        if (strlen(list) + strlen(strempty(cn)) + 3 < sizeof(list))
+                                strcat(strcat(list, i ? ", " : ""), strempty(cn));
+                }
+                ctl_print_field("compartments", list);
+        } else
+                ctl_print_field("compartments", "any");
 }
 
 static int verb_vault_list(int argc, char *argv[]) {

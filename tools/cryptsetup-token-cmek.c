@@ -135,7 +135,9 @@ _public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **bu
                 goto out;
         }
         if (error) {
-                msg = cmek_json_get_string(reply, "message");
+                /* the broker's message may quote names read from headers: escaped for the terminal */
+                _cleanup_free_ char *emsg = cmek_cescape(cmek_json_get_string(reply, "message"));
+                msg = emsg;
                 if (streq(error, CMEK_ERROR_KEY_DISABLED) || streq(error, CMEK_ERROR_KEY_PENDING_DELETION) ||
                     streq(error, CMEK_ERROR_KEY_DELETED))
                         crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: key %s is %s: cmekd refuses to unwrap the volume key.",

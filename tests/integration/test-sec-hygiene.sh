@@ -37,6 +37,13 @@ usermod -aG ckhmetg ckhmet
 cat >"$CONF" <<C
 [metrics]
 group = ckhmetg
+
+# the embedded vault serves Dev and Ops only; the (absent) HSM serves Prod only
+[vault default]
+compartments = Dev Ops
+
+[vault hsm]
+compartments = Prod
 C
 start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
 chmod 755 "$STATE"
@@ -187,16 +194,18 @@ cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin
 FAKE=$TEST_TMP/fake
 mkdir -p "$FAKE"
 chown ckhnone "$FAKE"
-as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock,fork" "OPEN:$FAKE/received,creat,append" &
+as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock" "OPEN:$FAKE/received,creat,append" &
 FAKE_PID=$!
 on_exit "kill $FAKE_PID 2>/dev/null || true"
 for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock" ] && break; sleep 0.05; done
 [ -S "$FAKE/sock" ] || fail "the fake listener did not start"
 sum_plug=$(sha256sum <"$I/plug.img")
+# other tests running in parallel install their own build of the plugin: put ours back just before
+install_token_plugin
 rc=0
 CMEKD_SOCKET=$FAKE/sock timeout 20 cryptsetup open --test-passphrase --token-only "$I/plug.img" 2>"$TEST_TMP/err" || rc=$?
 [ $rc -ne 0 ] || fail "opened through a socket served by a user"
-[ $rc -ne 124 ] || fail "the plugin waited for the fake broker (it talked to it)"
+[ $rc -ne 124 ] || fail "the plugin waited for the fake broker (it talked to it)$(cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so" || echo "; another test replaced the installed plugin meanwhile: re-run")"
 assert_contains "$(cat "$TEST_TMP/err")" "is served by uid $(id -u ckhnone), not root: refusing"
 sleep 0.2
 [ ! -s "$FAKE/received" ] || { od -c "$FAKE/received" | head; fail "the fake broker received data"; }
@@ -204,5 +213,83 @@ sleep 0.2
 kill "$FAKE_PID" 2>/dev/null || true
 # the real broker still works with the variable pointing at it
 CMEKD_SOCKET=$SOCK cryptsetup open --test-passphrase --token-only "$I/plug.img" || fail "the plugin no longer opens through cmekd"
+
+log "14: in a setuid program the plugin ignores CMEKD_SOCKET (secure_getenv)"
+TOKEN_OPEN=$top_builddir/tests/integration/token-open
+[ -x "$TOKEN_OPEN" ] || fail "tests/integration/token-open not built"
+CMEKD_SOCKET=$SOCK "$TOKEN_OPEN" "$I/plug.img" 2>"$TEST_TMP/err" || { cat "$TEST_TMP/err"; fail "token-open does not open through cmekd"; }
+cp "$TOKEN_OPEN" "$FAKE/suid-open"
+chown root:root "$FAKE/suid-open"
+chmod 4755 "$FAKE/suid-open"
+cp "$TOKEN_OPEN" "$FAKE/plain-open"
+chmod 755 "$FAKE/plain-open"
+cp "$I/plug.img" "$FAKE/plug-copy.img"
+chmod 644 "$FAKE/plug-copy.img"
+as_user ckhnone socat -u "UNIX-LISTEN:$FAKE/sock2" "OPEN:$FAKE/received2,creat,append" &
+FAKE_PID=$!
+on_exit "kill $FAKE_PID 2>/dev/null || true"
+for ((i = 0; i < 100; i++)); do [ -S "$FAKE/sock2" ] && break; sleep 0.05; done
+install_token_plugin
+rc=0
+as_user ckhnone env CMEKD_SOCKET="$FAKE/sock2" timeout 20 "$FAKE/suid-open" "$FAKE/plug-copy.img" 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] || fail "the setuid program opened the volume"
+assert_not_contains "$(cat "$TEST_TMP/err")" "$FAKE/sock2"
+assert_contains "$(cat "$TEST_TMP/err")" "/run/cmekd/io.cmek.socket"
+sleep 0.2
+kill -0 "$FAKE_PID" 2>/dev/null || fail "the setuid program connected to the socket named by CMEKD_SOCKET"
+# the same program without setuid honours the variable (and the peer check refuses the user's socket)
+rc=0
+as_user ckhnone env CMEKD_SOCKET="$FAKE/sock2" timeout 20 "$FAKE/plain-open" "$FAKE/plug-copy.img" 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] || fail "opened through the user's socket"
+assert_contains "$(cat "$TEST_TMP/err")" "$FAKE/sock2 is served by uid $(id -u ckhnone), not root"
+[ ! -s "$FAKE/received2" ] || fail "the fake broker received data"
+kill "$FAKE_PID" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------------
+log "14: GetWrappingKey: read vaults cannot create the RSA pair, manage vaults can, read then reads it"
+PIN=$(sed -n 's/^user-pin=//p' "$STATE/pins")
+rsa_objects() {
+    SOFTHSM2_CONF=$STATE/softhsm2.conf pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label cmekd-default \
+        --login --pin "$PIN" --list-objects 2>/dev/null | grep -c 'Key Object; RSA' || true
+}
+have_p11=0
+if command -v pkcs11-tool >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]; then have_p11=1; fi
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 0 ] || fail "an RSA object exists before the test"
+audit_lines=$(wc -l <"$STATE/audit.log")
+expect_exit 4 as_user_ctl ckhdev key wrapping-key
+assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
+assert_contains "$(cat "$TEST_TMP/err")" "has no wrapping key yet: an admin with manage vaults must create it"
+[ ! -s "$TEST_TMP/out" ] || fail "a PEM was printed"
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 0 ] || fail "read vaults created an RSA key pair in the token"
+! tail -n +"$((audit_lines + 1))" "$STATE/audit.log" | grep -q '"event":"vault.wrapping-key-created"' ||
+    fail "a wrapping-key creation was audited"
+tail -n +"$((audit_lines + 1))" "$STATE/audit.log" | grep '"event":"policy.denied"' | grep -q "\"uid\":$(id -u ckhdev)," ||
+    fail "the refusal was not audited"
+# root (manage vaults) creates it, audited; read vaults now reads the same key
+cmekctl key wrapping-key --out "$TEST_TMP/wrap.pem"
+grep -q '"event":"vault.wrapping-key-created".*"result":"ok"' "$STATE/audit.log" || fail "creation not audited"
+[ $have_p11 = 0 ] || [ "$(rsa_objects)" = 2 ] || fail "expected the RSA pair in the token, found $(rsa_objects) objects"
+as_user_ctl ckhdev key wrapping-key | cmp - "$TEST_TMP/wrap.pem" || fail "read vaults does not read the existing key"
+
+# ---------------------------------------------------------------------------------------------
+log "14: vault compartments: a key for a compartment outside the vault's list is refused"
+before_keys=$(cmekctl key list --json)
+expect_exit 2 cmekctl key create prodkey --compartment Prod
+assert_contains "$(cat "$TEST_TMP/err")" "org.varlink.service.InvalidParameter"
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
+assert_contains "$(cat "$TEST_TMP/err")" "not of 'Prod'"
+expect_exit 2 cmekctl key import prodimp --compartment Prod --wrapped-file "$TEST_TMP/wrap.pem"
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
+expect_exit 2 as_user_ctl ckhdev key create devhsm --compartment Dev --vault hsm
+assert_contains "$(cat "$TEST_TMP/err")" "Vault 'hsm' holds keys of compartment Prod only"
+[ "$(cmekctl key list --json)" = "$before_keys" ] || fail "a key was created in a vault that does not serve its compartment"
+! grep -q '"event":"key.created".*Prod' "$STATE/audit.log" || fail "a Prod key creation was audited"
+# allowed compartments still work, and the list is visible
+cmekctl key create opskey --compartment Ops >/dev/null
+as_user_ctl ckhdev key create devkey2 --compartment Dev >/dev/null
+cmekctl vault show default --json | grep -q '"compartments"' || fail "vault show does not list the compartments"
+v=$(cmekctl vault show default --json)
+[ "$(json_get "$v" vault.compartments)" = '["Dev", "Ops"]' ] || fail "compartments: $(json_get "$v" vault.compartments)"
+cmekctl vault show default | grep -q 'compartments: Dev, Ops' || fail "vault show does not print the compartments"
 
 log "ok"
