@@ -99,6 +99,16 @@ json_get "$r" parameters.secret | base64 -d >"$TEST_TMP/secret"
 cryptsetup open --test-passphrase --key-slot "$(json_get "$r" parameters.keyslot)" --key-file "$TEST_TMP/secret" "$I/dev.img" ||
     fail "the exported secret does not open the keyslot"
 audit_new_ok "$n0" | grep -q '"key.used"' || fail "no ok key.used record for the granted Unwrap"
+# the test-only Key.TestDecrypt (test-hooks builds) hands out plaintext too: key-delegate as well
+echo "allow user ckpdev to use keys in tenancy where target.key.id = '$KD'" >>"$POLICY"
+reload_policy 4
+e=$(cmekctl_raw "{\"method\":\"io.cmek.Key.TestEncrypt\",\"parameters\":{\"key\":\"$KD\",\"plaintext\":\"c2VjcmV0\"}}")
+r=$(raw_as ckpdev "{\"method\":\"io.cmek.Key.TestDecrypt\",\"parameters\":{\"key\":\"$KD\",\"iv\":\"$(json_get "$e" parameters.iv)\",\"ciphertext\":\"$(json_get "$e" parameters.ciphertext)\",\"tag\":\"$(json_get "$e" parameters.tag)\"}}")
+[ "$(json_get "$r" error)" = io.cmek.PermissionDenied ] && [ "$(json_get "$r" parameters.resource)" = key-delegate ] ||
+    fail "TestDecrypt without key-delegate: $r"
+assert_not_contains "$r" plaintext
+r=$(cmekctl_raw "{\"method\":\"io.cmek.Key.TestDecrypt\",\"parameters\":{\"key\":\"$KD\",\"iv\":\"$(json_get "$e" parameters.iv)\",\"ciphertext\":\"$(json_get "$e" parameters.ciphertext)\",\"tag\":\"$(json_get "$e" parameters.tag)\"}}")
+[ "$(json_get "$r" parameters.plaintext)" = c2VjcmV0 ] || fail "root's TestDecrypt failed: $r"
 # key-delegate in Dev is no grant in Prod
 cryptsetup token export --token-id 0 "$I/prod.img" >"$TEST_TMP/prod-token.json"
 r=$(raw_as ckpdev "$(unwrap_json "$UP" "$TEST_TMP/prod-token.json")")
