@@ -498,18 +498,21 @@ static int method_policy_check(Manager *m, Call *c, json_object *params) {
          * is in, or another user is a question about others' grants: it needs read audit in the
          * tenancy, the permission that shows everyone's refusals and grants at work. */
         r = lookup_ids(user, group, &who, &err);
-        if (r < 0) {
+        if (r < 0 && r != -ESRCH) {
                 free(who.groups);
-                if (r == -ESRCH)
-                        return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", err);
                 return r;
         }
-        if (!(user && !group && who.uid == call_caller(c)->uid)) {
-                r = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
-                if (r < 0) {
+        /* an unknown name is not oneself either: authorize before saying it does not exist */
+        if (r == -ESRCH || !(user && !group && who.uid == call_caller(c)->uid)) {
+                int k = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
+                if (k < 0) {
                         free(who.groups);
-                        return r;
+                        return k;
                 }
+        }
+        if (r == -ESRCH) {
+                free(who.groups);
+                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", err);
         }
         PolicyRequest req = make_request(&who, v, resource, compartment, key_id, volume_id);
         ok = policy_check(m->policy, &req);

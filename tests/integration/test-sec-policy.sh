@@ -162,6 +162,12 @@ for args in "--group ckpdev" "--user ckpdev --group ckpdev" "--user ckpnone"; do
     assert_not_contains "$(cat "$TEST_TMP/out")" "allowed"
 done
 cmekctl policy check --group ckpdev --compartment Dev use keys >/dev/null 2>&1 || [ $? -eq 4 ] || fail "root's group check failed"
+# nor does it tell which accounts exist
+expect_exit 4 as_user_ctl ckpnone policy check --user ckpnosuchuser use keys
+assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
+assert_not_contains "$(cat "$TEST_TMP/err")" "unknown user"
+rc=0; cmekctl policy check --user ckpnosuchuser use keys >/dev/null 2>"$TEST_TMP/err" || rc=$?
+[ $rc -ne 0 ] && grep -q "unknown user" "$TEST_TMP/err" || fail "root is not told the user is unknown"
 
 log "6: an empty Volume.Rewrap by a user without a grant: refused, nothing audited ok, no event, no hook"
 EV=$TEST_TMP/events
