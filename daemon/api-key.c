@@ -23,10 +23,14 @@ static int reply_invalid(Call *c, const char *parameter, const char *why) {
         return call_error(c, VARLINK_ERROR_INVALID_PARAMETER, p);
 }
 
+/* The one answer for "no such key" and "a key the caller may not even inspect": same error, same
+ * text, same parameters (the caller's own string), so that KeyNotFound is no existence oracle.
+ * "Several keys have this name" is said only to a caller who may inspect keys everywhere. */
 static int reply_key_not_found(Call *c, const char *key, int r) {
         json_object *p = error_params(r == -ENOTUNIQ ?
                                       "Several keys have this name in different compartments: use COMPARTMENT/NAME or the key id." :
-                                      "No such key: give its id (cmek.key....) or its name; see 'cmekctl key list'.");
+                                      "No such key, or not one you may see: give its id (cmek.key....), its NAME or "
+                                      "COMPARTMENT/NAME; see 'cmekctl key list'.");
         json_object_object_add(p, "key", json_object_new_string(key));
         return call_error(c, CMEK_ERROR_KEY_NOT_FOUND, p);
 }
@@ -72,6 +76,8 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
         if (!id)
                 return reply_invalid(c, "key", "\"key\" (string: key id or name) is required"), -EINVAL;
         r = key_load(m, id, &k);
+        if (r == -ENOTUNIQ && !manager_allowed(m, c, "inspect", "keys", NULL, NULL, NULL))
+                r = -ENOENT;
         if (r == -ENOENT || r == -ENOTUNIQ)
                 return reply_key_not_found(c, id, r), r;
         if (r == -EHOSTDOWN) {
@@ -81,8 +87,20 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
         }
         if (r < 0)
                 return r;
-        r = manager_authorize(m, c, verb, "keys", key_get_compartment(k), key_get_id(k), NULL);
-        if (r < 0) {
+        if (!manager_allowed(m, c, verb, "keys", key_get_compartment(k), key_get_id(k), NULL)) {
+                if (!manager_allowed(m, c, "inspect", "keys", key_get_compartment(k), key_get_id(k), NULL)) {
+                        /* may not know it exists: the unknown-key answer; the audit record has the truth */
+                        char detail[160];
+                        snprintf(detail, sizeof(detail), "%s keys in %s%s: not even inspect, answered as an unknown key",
+                                 verb, key_get_compartment(k) ? "compartment " : "tenancy", strempty(key_get_compartment(k)));
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "policy.denied", .operation = call_method(c),
+                                .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_get_id(k),
+                                .detail = detail });
+                        key_free(k);
+                        return reply_key_not_found(c, id, -ENOENT), -ENOENT;
+                }
+                r = manager_deny(m, c, verb, "keys", key_get_compartment(k), key_get_id(k), NULL);
                 key_free(k);
                 return r;
         }
@@ -462,7 +480,10 @@ static int method_test_decrypt(Manager *m, Call *c, json_object *params) {
             (n = param_b64(params, "ciphertext", ct, sizeof(ct))) < 0 ||
             (cmek_json_get_string(params, "aad") && (na = param_b64(params, "aad", aad, sizeof(aad))) < 0))
                 return reply_invalid(c, "ciphertext", "key, iv (12), ciphertext, tag (16), aad: base64 expected");
+        /* the plaintext (it may be a wrapped DEK taken from a header) leaves the daemon */
         r = manager_authorize(m, c, "use", "keys", NULL, key, NULL);
+        if (r >= 0)
+                r = manager_authorize(m, c, "use", "key-delegate", NULL, key, NULL);
         if (r < 0)
                 return r;
         if (get_uint(c, params, "version", 0, 1000000, &version) < 0)

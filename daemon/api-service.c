@@ -188,41 +188,70 @@ static PolicyRequest make_request(const Caller *caller, PolicyVerb verb, const c
         };
 }
 
-int manager_authorize(Manager *m, Call *c, const char *verb, const char *resource_type,
-                      const char *compartment, const char *key_id, const char *volume_id) {
+bool manager_allowed(Manager *m, Call *c, const char *verb, const char *resource_type,
+                     const char *compartment, const char *key_id, const char *volume_id) {
+        PolicyVerb v = policy_verb_from_string(verb);
+        PolicyRequest req;
+
+        if (v < 0)
+                return false;
+        req = make_request(call_caller(c), v, resource_type, compartment, key_id, volume_id);
+        return policy_check(m->policy, &req);
+}
+
+/* The full refusal (what, where, on which ids, the statement that is missing) goes to the audit
+ * line and the daemon log; the caller gets it only when some statement already names him in that
+ * compartment: to anyone else it would say which keys, volumes and compartments exist. */
+int manager_deny(Manager *m, Call *c, const char *verb, const char *resource_type,
+                 const char *compartment, const char *key_id, const char *volume_id) {
         const Caller *caller = call_caller(c);
         PolicyVerb v = policy_verb_from_string(verb);
         PolicyRequest req;
-        _cleanup_free_ char *needed = NULL, *msg = NULL;
+        _cleanup_free_ char *needed = NULL, *msg = NULL, *full = NULL;
+        bool tell;
         json_object *p;
 
         if (v < 0)
                 return -EINVAL;
         req = make_request(caller, v, resource_type, compartment, key_id, volume_id);
-        if (policy_check(m->policy, &req))
-                return 0;
-
+        tell = policy_has_grant_in(m->policy, &req);
         needed = policy_explain_denial(&req);
+        if (asprintf(&full, "No policy statement allows uid %u to %s %s in %s%s%s%s",
+                     (unsigned) caller->uid, verb, resource_type,
+                     compartment ? "compartment " : "tenancy", strempty(compartment),
+                     needed ? "; add to the policy file: " : "", strempty(needed)) < 0)
+                full = NULL;
+        if (!tell) {
+                /* debug only: the audit record (journal + file) carries it, and a flood must not
+                 * grow the journal by a second line per refusal */
+                log_debug("%s refused, key %s, volume %s (the caller has no grant there and is told less): %s",
+                         call_method(c), key_id ?: "-", volume_id ?: "-", full ?: "out of memory");
+                if (asprintf(&msg, "No policy statement allows uid %u to %s %s for this request. "
+                             "Ask the administrator of cmekd for a grant (see cmekd-policy(5)).",
+                             (unsigned) caller->uid, verb, resource_type) < 0)
+                        msg = NULL;
+        }
+
         p = json_object_new_object();
         json_object_object_add(p, "verb", json_object_new_string(verb));
         json_object_object_add(p, "resource", json_object_new_string(resource_type));
-        json_object_object_add(p, "compartment", compartment ? json_object_new_string(compartment) : NULL);
-        if (key_id)
-                json_object_object_add(p, "key_id", json_object_new_string(key_id));
-        if (volume_id)
-                json_object_object_add(p, "volume_id", json_object_new_string(volume_id));
-        if (needed)
-                json_object_object_add(p, "statement", json_object_new_string(needed));
-        if (asprintf(&msg, "No policy statement allows uid %u to %s %s in %s%s%s%s",
-                     (unsigned) caller->uid, verb, resource_type,
-                     compartment ? "compartment " : "tenancy", strempty(compartment),
-                     needed ? "; add to the policy file: " : "", strempty(needed)) >= 0)
-                json_object_object_add(p, "message", json_object_new_string(msg));
+        if (tell) {
+                json_object_object_add(p, "compartment", compartment ? json_object_new_string(compartment) : NULL);
+                if (key_id)
+                        json_object_object_add(p, "key_id", json_object_new_string(key_id));
+                if (volume_id)
+                        json_object_object_add(p, "volume_id", json_object_new_string(volume_id));
+                if (needed)
+                        json_object_object_add(p, "statement", json_object_new_string(needed));
+        } else
+                json_object_object_add(p, "compartment", NULL);
+        if (tell ? !!full : !!msg)
+                json_object_object_add(p, "message", json_object_new_string(tell ? full : msg));
         if (audit_denial_admit(m, caller, call_method(c)))
                 (void) manager_audit(m, c, &(AuditRecord) {
                         .event = "policy.denied", .operation = call_method(c),
                         .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_id, .volume = volume_id,
-                        .detail = msg });
+                        .detail = full });
         (void) call_error(c, CMEK_ERROR_PERMISSION_DENIED, p);
         return -EACCES;
 }
@@ -338,6 +367,15 @@ int manager_audit_refuse(Manager *m, Call *c) {
                            "Free space on (or repair) the file system holding it; service resumes by itself "
                            "once the log is writable. 'cmekctl status' shows the condition.",
                            strempty(path), strerror(-(m->audit_error ?: -EIO)));
+}
+
+int manager_authorize(Manager *m, Call *c, const char *verb, const char *resource_type,
+                      const char *compartment, const char *key_id, const char *volume_id) {
+        if (policy_verb_from_string(verb) < 0)
+                return -EINVAL;
+        if (manager_allowed(m, c, verb, resource_type, compartment, key_id, volume_id))
+                return 0;
+        return manager_deny(m, c, verb, resource_type, compartment, key_id, volume_id);
 }
 
 int manager_audit(Manager *m, Call *c, const AuditRecord *rec) {
@@ -724,20 +762,25 @@ static int method_policy_check(Manager *m, Call *c, json_object *params) {
         if (v < 0)
                 return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER,
                                    "unknown verb '%s': use inspect, read, use or manage", verb);
-        /* asking about oneself is always allowed; about others needs read on audit */
+        /* Asking about exactly oneself (no group) is always allowed. A group, even one the caller
+         * is in, or another user is a question about others' grants: it needs read audit in the
+         * tenancy, the permission that shows everyone's refusals and grants at work. */
         r = lookup_ids(user, group, &who, &err);
-        if (r < 0) {
+        if (r < 0 && r != -ESRCH) {
                 free(who.groups);
-                if (r == -ESRCH)
-                        return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", err);
                 return r;
         }
-        if (!(user && who.uid == call_caller(c)->uid)) {
-                r = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
-                if (r < 0) {
+        /* an unknown name is not oneself either: authorize before saying it does not exist */
+        if (r == -ESRCH || !(user && !group && who.uid == call_caller(c)->uid)) {
+                int k = manager_authorize(m, c, "read", "audit", NULL, NULL, NULL);
+                if (k < 0) {
                         free(who.groups);
-                        return r;
+                        return k;
                 }
+        }
+        if (r == -ESRCH) {
+                free(who.groups);
+                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", err);
         }
         PolicyRequest req = make_request(&who, v, resource, compartment, key_id, volume_id);
         ok = policy_check(m->policy, &req);
@@ -1025,8 +1068,8 @@ const Interface interface_service = {
                 "  audit_unwritten: int\n"
                 ")\n"
                 "\n"
-                "# Would this user (or group) be allowed to VERB RESOURCE? Asking about yourself is\n"
-                "# always allowed; about others needs read audit.\n"
+                "# Would this user (or group) be allowed to VERB RESOURCE? Asking about yourself alone\n"
+                "# (user, no group) is always allowed; about another user or any group needs read audit.\n"
                 "method PolicyCheck(\n"
                 "  user: ?string,\n"
                 "  group: ?string,\n"

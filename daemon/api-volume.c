@@ -709,11 +709,19 @@ static int method_unwrap(Manager *m, Call *c, json_object *params) {
 
         r = key_lookup(m, t.key_id, &k);
         if (r < 0) {
-                reply_errno(c, r, NULL, t.key_id);
+                /* A caller who may not list keys learns nothing from an unknown (or deleted) key id:
+                 * the refusal a key in a compartment he has no grant in gets. */
+                if (!manager_allowed(m, c, "inspect", "keys", NULL, NULL, NULL))
+                        (void) manager_deny(m, c, "use", "keys", NULL, t.key_id, uuid);
+                else
+                        reply_errno(c, r, NULL, t.key_id);
                 goto out;
         }
+        /* use keys + use volumes: what unlocking through the daemon needs; the DEK itself leaving
+         * the daemon needs use key-delegate too (root, i.e. the token plugin and udev, always may). */
         if (manager_authorize(m, c, "use", "keys", k.compartment, k.id, NULL) < 0 ||
-            manager_authorize(m, c, "use", "volumes", k.compartment, k.id, uuid) < 0)
+            manager_authorize(m, c, "use", "volumes", k.compartment, k.id, uuid) < 0 ||
+            manager_authorize(m, c, "use", "key-delegate", k.compartment, k.id, uuid) < 0)
                 goto out;
         r = volume_unwrap_token(m, uuid, &t, &dek);
         {
@@ -753,11 +761,28 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
 
         if (json_object_object_get_ex(params, "devices", &devs) && !json_object_is_type(devs, json_type_array))
                 devs = NULL;
+        /* Authorize before anything else, whatever the selection turns out to hold: manage volumes
+         * in the key's compartment, or in the tenancy for "every volume" (no key, no device). A
+         * caller who may not list keys learns nothing from an unknown key. */
         if (key) {
                 r = key_lookup(m, key, &k);
                 if (r < 0) {
                         json_object_put(results);
+                        if (!manager_allowed(m, c, "inspect", "keys", NULL, NULL, NULL)) {
+                                (void) manager_deny(m, c, "manage", "volumes", NULL, key, NULL);
+                                return 0;
+                        }
                         return reply_errno(c, r, NULL, key);
+                }
+                if (manager_authorize(m, c, "manage", "volumes", k.compartment, k.id, NULL) < 0) {
+                        json_object_put(results);
+                        key_info_done(&k);
+                        return 0;
+                }
+        } else if (!devs || json_object_array_length(devs) == 0) {
+                if (manager_authorize(m, c, "manage", "volumes", NULL, NULL, NULL) < 0) {
+                        json_object_put(results);
+                        return 0;
                 }
         }
         list = calloc(reg->n + (devs ? json_object_array_length(devs) : 0) + 1, sizeof(Volume *));
@@ -786,6 +811,18 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                         key_info_done(&k);
                         return 0;
                 }
+
+        if (n == 0) {
+                /* nothing to do: nothing happened, so no audit record, no event, no hook */
+                key_info_done(&k);
+                p = json_object_new_object();
+                json_object_object_add(p, "rewrapped", json_object_new_int(0));
+                json_object_object_add(p, "current", json_object_new_int(0));
+                json_object_object_add(p, "unreachable", json_object_new_int(0));
+                json_object_object_add(p, "failed", json_object_new_int(0));
+                json_object_object_add(p, "results", results);
+                return call_reply(c, p);
+        }
 
         snprintf(detail, sizeof(detail), "%zu volume(s)%s", n, new_secret ? ", new keyslot secrets" : "");
         audit(m, c, "volume.rewrap_started", "ok", NULL, key ? k.id : NULL, NULL, detail);
@@ -1068,7 +1105,7 @@ const Interface interface_volume = {
                 "                                                 results: ?[]object)\n"
                 "\n"
                 "# For the cryptsetup token plugin: the DEK of a cmek token read from the header of the\n"
-                "# volume with this LUKS UUID. Needs: use keys, use volumes.\n"
+                "# volume with this LUKS UUID. Needs: use keys, use volumes, use key-delegate (the DEK leaves).\n"
                 "method Unwrap(uuid: string, token: object) -> (secret: string, keyslot: int, key_version: int)\n"
                 "\n"
                 "# Re-wraps the volumes of a key (or the given devices, or all) under the newest key version;\n"

@@ -28,6 +28,8 @@
  * every hook, in order, without forking hundreds of processes at once. */
 typedef struct HookRun {
         char *path, *json;
+        char *type;             /* the event's type, for coalescing */
+        bool critical;          /* key.* and volume.locked: never dropped */
         struct HookRun *next;
 } HookRun;
 
@@ -41,6 +43,10 @@ typedef struct Hook {
 
 static unsigned n_running, n_queued;
 static HookRun *queue_head, *queue_tail;
+/* Runs of non-critical events dropped (or replaced by a newer run of the same event type) while
+ * the queue was full, since the last audit record about it: one record per second at most. */
+static uint64_t n_dropped;
+static sd_event_source *drop_report;
 static Hook *running;
 static uint64_t hook_timeout_usec;
 
@@ -81,6 +87,66 @@ static sd_event_source *drain_source;
 
 static void spawn_one(Manager *m, const char *path, const char *json);
 
+static void hook_run_free(HookRun *q) {
+        if (!q)
+                return;
+        free(q->path);
+        free(q->json);
+        free(q->type);
+        free(q);
+}
+
+/* The queue's capacity for non-critical runs: HOOKS_MAX_QUEUED, or in a test-hooks build started
+ * with --test-hooks, $CMEKD_TEST_HOOK_QUEUE_MAX (so that a test fills it with a few events). */
+static unsigned queue_max(Manager *m) {
+        const char *e;
+        unsigned long v;
+        char *end;
+
+        if (!ENABLE_TEST_HOOKS || !m->test_hooks || !(e = getenv("CMEKD_TEST_HOOK_QUEUE_MAX")))
+                return HOOKS_MAX_QUEUED;
+        v = strtoul(e, &end, 10);
+        return *end || v < 1 || v > HOOKS_MAX_QUEUED ? HOOKS_MAX_QUEUED : (unsigned) v;
+}
+
+static int on_drop_report(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        char detail[200];
+
+        if (n_dropped == 0)
+                return 0;
+        snprintf(detail, sizeof(detail),
+                 "%llu hook run(s) of non-critical events dropped or coalesced: the hook queue was full "
+                 "(%u runs waiting; key.* and volume.locked events are never dropped)",
+                 (unsigned long long) n_dropped, n_queued);
+        log_warning("%s.", detail);
+        n_dropped = 0;
+        (void) manager_audit(m, NULL, &(AuditRecord) {
+                .event = "hooks.dropped", .operation = "hooks", .result = "dropped", .detail = detail });
+        return 0;
+}
+
+/* Counts a dropped run; the count is audited in one record a second later (not one per drop:
+ * a flood of events must not become a flood of audit lines). */
+static void note_dropped(Manager *m) {
+        n_dropped++;
+        if (!drop_report &&
+            sd_event_add_time_relative(m->event, &drop_report, CLOCK_MONOTONIC, 1000000ULL, 100000ULL,
+                                       on_drop_report, m) < 0) {
+                (void) on_drop_report(NULL, 0, m);
+                return;
+        }
+        if (drop_report && sd_event_source_get_enabled(drop_report, NULL) == 0) {
+                (void) sd_event_source_set_time_relative(drop_report, 1000000ULL);
+                (void) sd_event_source_set_enabled(drop_report, SD_EVENT_ONESHOT);
+        }
+}
+
+static bool event_is_critical(const char *type) {
+        /* what enforcement and key custody are watched through: never dropped */
+        return type && (strncmp(type, "key.", 4) == 0 || streq(type, "volume.locked"));
+}
+
 /* Starts the oldest waiting runs while there are free slots. */
 static void queue_drain(Manager *m) {
         while (queue_head && n_running < HOOKS_MAX_RUNNING) {
@@ -90,9 +156,7 @@ static void queue_drain(Manager *m) {
                         queue_tail = NULL;
                 n_queued--;
                 spawn_one(m, q->path, q->json);
-                free(q->path);
-                free(q->json);
-                free(q);
+                hook_run_free(q);
         }
 }
 
@@ -123,26 +187,68 @@ static void hook_free(Hook *h) {
         queue_drain(m);
 }
 
-static void queue_run(const char *path, const char *json) {
-        HookRun *q;
+/* Unlinks and returns the oldest queued non-critical run (of path and type when given). */
+static HookRun *queue_take_noncritical(const char *path, const char *type, bool newest) {
+        HookRun *found = NULL, *found_prev = NULL, *prev = NULL;
 
-        if (n_queued >= HOOKS_MAX_QUEUED) {
-                log_warning("%u hook runs waiting already, not running %s for this event.", n_queued, path);
-                return;
-        }
-        q = calloc(1, sizeof(*q));
-        if (!q || !(q->path = strdup(path)) || !(q->json = strdup(json))) {
-                if (q)
-                        free(q->path);
-                free(q);
-                return;
-        }
+        for (HookRun *q = queue_head; q; prev = q, q = q->next)
+                if (!q->critical && (!path || streq(q->path, path)) && (!type || streq_ptr(q->type, type))) {
+                        found = q;
+                        found_prev = prev;
+                        if (!newest)
+                                break;
+                }
+        if (!found)
+                return NULL;
+        if (found_prev)
+                found_prev->next = found->next;
+        else
+                queue_head = found->next;
+        if (queue_tail == found)
+                queue_tail = found_prev;
+        found->next = NULL;
+        n_queued--;
+        return found;
+}
+
+static void queue_append(HookRun *q) {
         if (queue_tail)
                 queue_tail->next = q;
         else
                 queue_head = q;
         queue_tail = q;
         n_queued++;
+}
+
+/* A full queue never loses a critical run: one non-critical run makes room (or, when every
+ * waiting run is critical, the queue grows past its capacity: those come from authorized state
+ * changes, a few per volume). A non-critical run in a full queue replaces the waiting run of the
+ * same hook for the same event type (the hook gets the newest), else it is dropped; either way
+ * it is counted and audited once a second. */
+static void queue_run(Manager *m, const char *path, const char *json, const char *type) {
+        bool critical = event_is_critical(type);
+        HookRun *q;
+
+        if (n_queued >= queue_max(m)) {
+                HookRun *old = queue_take_noncritical(critical ? NULL : path, critical ? NULL : type,
+                                                      /* newest= */ !critical);
+                if (!critical && !old) {
+                        note_dropped(m);
+                        return;
+                }
+                if (old) {
+                        note_dropped(m);
+                        hook_run_free(old);
+                }
+        }
+        q = calloc(1, sizeof(*q));
+        if (!q || !(q->path = strdup(path)) || !(q->json = strdup(json)) || (type && !(q->type = strdup(type)))) {
+                hook_run_free(q);
+                log_error("Out of memory: hook %s not run for a %s event.", path, type ?: "?");
+                return;
+        }
+        q->critical = critical;
+        queue_append(q);
 }
 
 static int on_hook_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
@@ -384,7 +490,7 @@ static void spawn_one(Manager *m, const char *path, const char *json) {
 void events_run_hooks(Manager *m, json_object *event) {
         struct dirent **names = NULL;
         _cleanup_close_ int dfd = -1;
-        const char *json;
+        const char *json, *type;
         int n;
 
         if (!m->hooks_dir || !m->event)
@@ -396,6 +502,7 @@ void events_run_hooks(Manager *m, json_object *event) {
         if (n < 0)
                 return;
         json = json_object_to_json_string_ext(event, JSON_C_TO_STRING_PLAIN);
+        type = cmek_json_get_string(event, "type");
         for (int i = 0; i < n; i++) {
                 _cleanup_free_ char *path = NULL;
                 const char *why;
@@ -407,7 +514,7 @@ void events_run_hooks(Manager *m, json_object *event) {
                                 log_warning("Hook %s/%s %s, not running it: hooks must be root-owned executables, "
                                             "not writable by group or others.", m->hooks_dir, names[i]->d_name, why);
                         if (!why && asprintf(&path, "%s/%s", m->hooks_dir, names[i]->d_name) >= 0)
-                                queue_run(path, json);
+                                queue_run(m, path, json, type);
                 }
                 free(names[i]);
         }
@@ -428,15 +535,18 @@ void events_run_hooks(Manager *m, json_object *event) {
 /* At exit: drop the runs that never got a slot and forget the running ones. */
 void events_hooks_done(void) {
         drain_source = sd_event_source_disable_unref(drain_source);
+        drop_report = sd_event_source_disable_unref(drop_report);
+        if (n_dropped > 0)
+                log_warning("%llu hook run(s) dropped while the queue was full since the last report.",
+                            (unsigned long long) n_dropped);
+        n_dropped = 0;
         /* hooks still running finish on their own; only our bookkeeping goes */
         while (running)
                 hook_release(running);
         while (queue_head) {
                 HookRun *q = queue_head;
                 queue_head = q->next;
-                free(q->path);
-                free(q->json);
-                free(q);
+                hook_run_free(q);
         }
         queue_tail = NULL;
         n_queued = 0;

@@ -92,10 +92,18 @@ bool call_is_open(Call *c);
 void call_set_close_callback(Call *c, void (*on_close)(Call *c, void *userdata), void *userdata);
 
 /* --- policy and audit, for handlers --- */
-/* Checks the caller against the policy. On refusal sends io.cmek.PermissionDenied naming the
- * verb/resource/compartment no statement allowed and returns -EACCES: the handler returns. */
+/* Checks the caller against the policy. On refusal sends io.cmek.PermissionDenied (see
+ * manager_deny()) and returns -EACCES: the handler returns. */
 int manager_authorize(Manager *m, Call *c, const char *verb, const char *resource_type,
                       const char *compartment, const char *key_id, const char *volume_id);
+/* The same check without replying or auditing (e.g. "may the caller even know this exists?"). */
+bool manager_allowed(Manager *m, Call *c, const char *verb, const char *resource_type,
+                     const char *compartment, const char *key_id, const char *volume_id);
+/* Audits the refusal and replies io.cmek.PermissionDenied; returns -EACCES. A caller that no
+ * statement names in that compartment (policy_has_grant_in()) gets only verb, resource and a
+ * fixed message: no compartment, key id, volume id or statement (those go to the audit record). */
+int manager_deny(Manager *m, Call *c, const char *verb, const char *resource_type,
+                 const char *compartment, const char *key_id, const char *volume_id);
 
 /* An audited event: one journald entry and one hash-chained line. Fields may be NULL. */
 typedef struct AuditRecord {

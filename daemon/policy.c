@@ -23,6 +23,7 @@ typedef enum ResourceType {
         RESOURCE_VOLUMES,
         RESOURCE_VAULTS,
         RESOURCE_AUDIT,
+        RESOURCE_KEY_DELEGATE,  /* the raw secret a key protects may leave the daemon (Volume.Unwrap) */
         RESOURCE_ALL,           /* only in statements, never in a request */
         _RESOURCE_INVALID = -EINVAL,
 } ResourceType;
@@ -110,8 +111,10 @@ static const struct {
         /* The first entry of each type is its canonical name. */
         { "keys",          RESOURCE_KEYS },
         { "key",           RESOURCE_KEYS },
-        { "key-family",    RESOURCE_KEYS },   /* OCI spellings, so that examples can be pasted */
-        { "key-delegate",  RESOURCE_KEYS },
+        { "key-family",    RESOURCE_KEYS },   /* OCI spelling, so that examples can be pasted */
+        /* Not an alias of keys: "use keys" unlocks through the daemon, where the key never leaves;
+         * "use key-delegate" lets the DEK itself leave it (io.cmek.Volume.Unwrap). */
+        { "key-delegate",  RESOURCE_KEY_DELEGATE },
         { "volumes",       RESOURCE_VOLUMES },
         { "volume",        RESOURCE_VOLUMES },
         { "vaults",        RESOURCE_VAULTS },
@@ -602,7 +605,7 @@ static int parse_statement(Parser *p, Statement *s) {
         s->resource = p->tok.type == TOKEN_WORD ? resource_from_string_n(p->text + p->tok.start, p->tok.length)
                                                 : _RESOURCE_INVALID;
         if (s->resource < 0)
-                return parser_expected(p, "a resource type (keys, volumes, vaults, audit, all-resources)");
+                return parser_expected(p, "a resource type (keys, key-delegate, volumes, vaults, audit, all-resources)");
         r = parser_next(p);
         if (r < 0)
                 return r;
@@ -1007,6 +1010,30 @@ bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const g
         return found;
 }
 
+bool policy_has_grant_in(const Policy *p, const PolicyRequest *req) {
+        Caller caller = { .req = req };
+        bool found = false;
+
+        if (!req)
+                return false;
+        if (req->uid == 0)
+                return true;
+        if (!p)
+                return false;
+        /* Any verb, any resource type, conditions ignored: the caller already knows that the
+         * compartment exists and what it may do there. A tenancy statement counts everywhere. */
+        for (size_t i = 0; i < p->n_statements && !found; i++) {
+                const Statement *s = &p->statements[i];
+
+                if (s->compartment && !(req->compartment && streq(req->compartment, s->compartment)))
+                        continue;
+                for (size_t j = 0; j < s->n_subjects && !found; j++)
+                        found = subject_matches(&s->subjects[j], &caller);
+        }
+        caller_done(&caller);
+        return found;
+}
+
 /* ---- explaining ---- */
 
 /* A name or value as the parser reads it back: a bare word when possible (quote = false),
@@ -1076,7 +1103,8 @@ char *policy_explain_denial(const PolicyRequest *req) {
         } else if (!(location = strdup("tenancy")))
                 return NULL;
 
-        if (resource == RESOURCE_KEYS || (resource != RESOURCE_VOLUMES && request_attr(req, ATTR_KEY_ID)))
+        if (resource == RESOURCE_KEYS || resource == RESOURCE_KEY_DELEGATE ||
+            (resource != RESOURCE_VOLUMES && request_attr(req, ATTR_KEY_ID)))
                 attr_name = "target.key.id", id = request_attr(req, ATTR_KEY_ID);
         else
                 attr_name = "target.volume.id", id = request_attr(req, ATTR_VOLUME_ID);

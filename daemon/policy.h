@@ -33,7 +33,7 @@ typedef struct PolicyRequest {
         const gid_t *groups;    /* supplementary groups */
         size_t n_groups;
         PolicyVerb verb;
-        const char *resource_type; /* "keys", "volumes", "vaults", "audit" */
+        const char *resource_type; /* "keys", "key-delegate", "volumes", "vaults", "audit" */
         const char *compartment;   /* NULL: the tenancy (root compartment) */
         const char *key_id;        /* target.key.id, may be NULL */
         const char *volume_id;     /* target.volume.id, may be NULL */
@@ -64,6 +64,12 @@ size_t policy_n_statements(const Policy *p);
 /* Whether any statement names this caller (uid 0: always), whatever its verb, resource or
  * condition: the server gives callers without any grant only a tiny share of its resources. */
 bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups);
+
+/* Whether some statement names this caller (req->uid, gid, groups) in req->compartment (NULL: the
+ * tenancy), whatever its verb, resource type or condition; a tenancy statement counts in every
+ * compartment; uid 0 always has one. A caller without one is told nothing about what exists there
+ * (no ids, no compartment, no statement in io.cmek.PermissionDenied). */
+bool policy_has_grant_in(const Policy *p, const PolicyRequest *req);
 
 /* The statement that would allow req, for io.cmek.PermissionDenied, e.g.
  * "allow user backup to use keys in compartment Prod where target.key.id = 'ocid1...'".

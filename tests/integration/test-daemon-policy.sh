@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: LGPL-2.1-or-later
-# Who may do what: an unprivileged caller is refused with the statement it lacks; adding the
-# statement and reloading (SIGHUP) lets the same call through; a broken policy names
+# Who may do what: a caller without any grant is refused and told only what he was refused
+# (no statement, no compartment); once he holds a grant there he is told the statement he lacks;
+# adding it and reloading (SIGHUP) lets the same call through; a broken policy names
 # file:line:column and a reload with it keeps the old policy.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
 need_root
@@ -18,19 +19,22 @@ chmod 755 "$STATE" 2>/dev/null || true
 
 as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 
-# nobody is refused, and told which statement is missing
+# nobody holds no grant: refused, told what was refused and whom to ask, but not the statement
 rc=0
 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" status >"$TEST_TMP/out" 2>"$TEST_TMP/err" || rc=$?
 [ $rc -eq 4 ] || { cat "$TEST_TMP/err"; fail "nobody: exit $rc, expected 4 (permission denied)"; }
 err=$(cat "$TEST_TMP/err")
 assert_contains "$err" "io.cmek.PermissionDenied"
-assert_contains "$err" "allow user nobody to inspect vaults in tenancy"
+assert_contains "$err" "inspect vaults"
+assert_contains "$err" "cmekd-policy(5)"
+assert_not_contains "$err" "allow user"
 
-# the raw Varlink error carries the verb, resource and statement
+# the raw Varlink error carries the verb and resource, no statement
 raw=$(printf '%s\0' '{"method":"io.cmek.Service.Status"}' | setpriv --reuid=nobody --regid=nogroup --clear-groups socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
 [ "$(json_get "$raw" error)" = io.cmek.PermissionDenied ] || fail "raw: $raw"
 [ "$(json_get "$raw" parameters.verb)" = inspect ] || fail "verb missing: $raw"
 [ "$(json_get "$raw" parameters.resource)" = vaults ] || fail "resource missing: $raw"
+[ "$(json_get "$raw" parameters.statement)" = None ] || fail "a caller without a grant got the statement: $raw"
 
 # root may ask what nobody may do, from the same engine
 expect_exit 4 "$CMEKCTL_BIN" policy check --user nobody inspect vaults
@@ -45,8 +49,12 @@ for ((i = 0; i < 100; i++)); do
     sleep 0.05
 done
 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" status >"$TEST_TMP/out" 2>&1 || { cat "$TEST_TMP/out"; fail "nobody still refused after reload"; }
-# but inspect does not imply read of the audit log
+# but inspect does not imply read of the audit log; now that nobody holds a grant in the
+# tenancy, he is told the statement he lacks, in the message and in the raw error
 expect_exit 4 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" audit show
+assert_contains "$(cat "$TEST_TMP/err")" "allow user nobody to read audit in tenancy"
+raw=$(printf '%s\0' '{"method":"io.cmek.Service.AuditShow"}' | setpriv --reuid=nobody --regid=nogroup --clear-groups socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
+[ "$(json_get "$raw" parameters.statement)" = "allow user nobody to read audit in tenancy" ] || fail "statement missing: $raw"
 
 # a broken policy: SIGHUP keeps the old one
 echo "allow user nobody to fly keys in tenancy" >>"$POLICY"

@@ -265,7 +265,11 @@ static void test_resource_types(void **state) {
                 { "key", "keys", true },
                 { "KEYS", "keys", true },
                 { "key-family", "keys", true },
-                { "key-delegate", "keys", true },
+                /* key-delegate (the DEK may leave the daemon) is its own type, not an alias of keys */
+                { "key-delegate", "keys", false },
+                { "keys", "key-delegate", false },
+                { "key-delegate", "key-delegate", true },
+                { "all-resources", "key-delegate", true },
                 { "volumes", "volumes", true },
                 { "volume", "volumes", true },
                 { "volumes", "keys", false },
@@ -428,7 +432,7 @@ static void test_errors(void **state) {
                 { "allow user nobody to 'use' keys in tenancy",
                   "policy:1:22: expected a verb (inspect, read, use, manage), got ''use''" },
                 { "allow user nobody to use secrets in tenancy",
-                  "policy:1:26: expected a resource type (keys, volumes, vaults, audit, all-resources), got 'secrets'" },
+                  "policy:1:26: expected a resource type (keys, key-delegate, volumes, vaults, audit, all-resources), got 'secrets'" },
                 { "allow user nobody to use keys on tenancy", "policy:1:31: expected 'in', got 'on'" },
                 { "allow user nobody to use keys in region",
                   "policy:1:34: expected a location (tenancy, compartment NAME), got 'region'" },
@@ -456,7 +460,7 @@ static void test_errors(void **state) {
                 { W "target.key.id = 'x' and target.volume.id = 'y'", "policy:1:68: expected end of line, got 'and'" },
                 { W "target.key.id = 'x' }", "policy:1:68: expected end of line, got '}'" },
                 { "# header\n\nallow user nobody to use keys in tenancy\n  allow user nobody to use keyz in tenancy\n",
-                  "policy:4:28: expected a resource type (keys, volumes, vaults, audit, all-resources), got 'keyz'" },
+                  "policy:4:28: expected a resource type (keys, key-delegate, volumes, vaults, audit, all-resources), got 'keyz'" },
                 { "allow user nobody to use keys in tenancy\r\nallow user nobody to use keys in tenancy\rallow\r\n",
                   "policy:2:42: expected 'where' or end of line, got 'allow'" },
                 { "allow user no\001body to use keys in tenancy", "policy:1:14: expected printable text, got '\\x01'" },
@@ -467,7 +471,7 @@ static void test_errors(void **state) {
                   "policy:1:7: expected a subject (user NAME, group NAME, user id N, group id N, any-user), got "
                   "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'..." },
                 { "allow user a\\b to use keyz in tenancy",
-                  "policy:1:23: expected a resource type (keys, volumes, vaults, audit, all-resources), got 'keyz'" },
+                  "policy:1:23: expected a resource type (keys, key-delegate, volumes, vaults, audit, all-resources), got 'keyz'" },
                 { "allow user nobody to use keys in tenancy\n{", "policy:2:1: expected 'allow', got '{'" },
         };
 
@@ -636,6 +640,9 @@ static void test_explain(void **state) {
                   "allow user nobody to use keys in compartment Prod where target.key.id = 'ocid1.key.x'" },
                 { { .uid = UID_NONAME, .gid = GID_NONAME, .verb = POLICY_VERB_INSPECT, .type = "volumes" },
                   "allow user id 54321 to inspect volumes in tenancy" },
+                { { .uid = UID_NOBODY, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .type = "key-delegate", .compartment = "Dev",
+                    .key_id = "K", .volume_id = "3f1c-uuid" },
+                  "allow user nobody to use key-delegate in compartment Dev where target.key.id = 'K'" },
                 { { .uid = UID_NOBODY, .gid = GID_NOGROUP, .verb = POLICY_VERB_MANAGE, .type = "volumes", .compartment = "",
                     .key_id = "K", .volume_id = "3f1c-uuid" },
                   "allow user nobody to manage volumes in tenancy where target.volume.id = '3f1c-uuid'" },
@@ -699,7 +706,9 @@ static void test_examples(void **state) {
         } table[] = {
                 { { .uid = 990, .gid = 990, .verb = POLICY_VERB_USE, .type = "volumes", .volume_id = "vol-b" }, 5 },
                 { { .uid = 990, .gid = 990, .verb = POLICY_VERB_USE, .type = "volumes", .volume_id = "vol-c" }, 0 },
-                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .compartment = "Prod", .key_id = "<key-ocid>" }, 6 },
+                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .type = "key-delegate", .compartment = "Prod", .key_id = "<key-ocid>" }, 6 },
+                /* a delegate grant is not a grant to use the key through the daemon */
+                { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .compartment = "Prod", .key_id = "<key-ocid>" }, 0 },
                 { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_READ, .compartment = "Prod", .key_id = "<keyocid>" }, 7 },
                 { { .uid = 1000, .gid = GID_NOGROUP, .verb = POLICY_VERB_USE, .compartment = "Prod", .key_id = "<keyocid>" }, 0 },
         };
@@ -711,6 +720,38 @@ static void test_examples(void **state) {
                 assert_int_equal(policy_check_line(p, &req, &line), table[i].line > 0);
                 assert_int_equal(line, table[i].line);
         }
+}
+
+static void test_has_grant_in(void **state) {
+        static const char text[] =
+                "allow user id 1000 to inspect vaults in tenancy\n"
+                "allow user id 1001 to use keys in compartment Dev where target.key.id = 'K1'\n"
+                "allow group id 1002 to read audit in compartment Dev\n";
+        _cleanup_(policy_freep) Policy *p = parse_ok(text);
+        static const struct {
+                Req req;
+                bool has;
+        } table[] = {
+                { { .uid = 0, .gid = 0, .compartment = "Prod" }, true },      /* root */
+                { { .uid = 1000, .gid = 1000, .compartment = "Prod" }, true }, /* tenancy counts everywhere */
+                { { .uid = 1000, .gid = 1000 }, true },
+                { { .uid = 1001, .gid = 1001, .compartment = "Dev" }, true },  /* condition ignored */
+                { { .uid = 1001, .gid = 1001, .compartment = "Prod" }, false },
+                { { .uid = 1001, .gid = 1001 }, false },                       /* a compartment grant is not a tenancy one */
+                { { .uid = 1003, .gid = 1003, .groups = { 1002 }, .n_groups = 1, .compartment = "Dev" }, true },
+                { { .uid = 1003, .gid = 1003, .compartment = "Dev" }, false },
+        };
+
+        for (size_t i = 0; i < ARRAY_SIZE(table); i++) {
+                PolicyRequest req = to_request(&table[i].req);
+                if (policy_has_grant_in(p, &req) != table[i].has)
+                        fail_msg("case %zu: expected %s", i, table[i].has ? "a grant" : "no grant");
+        }
+        {
+                PolicyRequest req = to_request(&table[1].req);
+                assert_false(policy_has_grant_in(NULL, &req));
+        }
+        assert_false(policy_has_grant_in(p, NULL));
 }
 
 static char *write_temp(const char *data, size_t size, mode_t mode) {
@@ -832,6 +873,7 @@ int main(void) {
                 cmocka_unit_test(test_limit_conditions_and_subjects),
                 cmocka_unit_test(test_explain),
                 cmocka_unit_test(test_examples),
+                cmocka_unit_test(test_has_grant_in),
                 cmocka_unit_test(test_load),
                 cmocka_unit_test(test_robustness),
                 cmocka_unit_test(test_has_any_grant),
