@@ -96,7 +96,8 @@ log "noticed after $(( ($(date +%s%N) - before) / 1000000 )) ms (watch interval 
 [ "$(cmekctl key show "$A" --json | json_get "$(cat)" key.state)" = DISABLED ] || fail "key not DISABLED after the token-side change"
 [ "$(status "$A")" = 0 ] || fail "EncryptionKeyStatus did not flip on the token-side disable"
 expect_exit 6 cmekctl volume unlock "$I/a.img" --test
-cmekctl audit show --json | grep -q '"operation": *"token"' || fail "the token-side disable is not in the audit log"
+cmekctl audit show --json >"$TEST_TMP/audit.json"
+grep -q '"operation": *"token"' "$TEST_TMP/audit.json" || fail "the token-side disable is not in the audit log"
 cmekctl key enable "$A" >/dev/null
 cmekctl volume unlock "$I/a.img" --test >/dev/null || fail "key enable did not turn the usage flags on again"
 
