@@ -153,6 +153,27 @@ as_user_ctl ckvdev volume create "$P/dev/dev.img" --key Dev/devkey --size 16M >/
 [ "$(stat -c %U "$P/dev/dev.img")" = ckvdev ] || fail "finding 3: the operator's new image is not his"
 DEV_UUID=$(cryptsetup luksUUID "$P/dev/dev.img")
 
+# a block device that is held (as a mount holds it) is not formatted over, even by root
+if command -v losetup >/dev/null && truncate -s 16M "$R/loop.img" && LOOP=$(losetup -f --show "$R/loop.img" 2>/dev/null); then
+    on_exit "losetup -d '$LOOP' 2>/dev/null"
+    head -c 65536 /dev/urandom | dd of="$LOOP" conv=notrunc status=none
+    python3 -c 'import os, sys, time; os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL); print("held", flush=True); time.sleep(60)' "$LOOP" \
+        >"$TEST_TMP/held" &
+    HOLDER=$!
+    on_exit "kill $HOLDER 2>/dev/null"
+    for ((i = 0; i < 100; i++)); do grep -q held "$TEST_TMP/held" && break; sleep 0.05; done
+    before=$(snap "$R/loop.img")
+    rc=0; cmekctl volume create "$LOOP" --key Dev/devkey --force >"$TEST_TMP/out" 2>&1 || rc=$?
+    [ $rc -ne 0 ] || fail "finding 3: create --force formatted a held block device"
+    assert_contains "$(cat "$TEST_TMP/out")" "mounted or in use"
+    expect_exit 4 as_user_ctl ckvdev volume create "$LOOP" --key Dev/devkey --force
+    assert_unchanged "$before" "create --force on a held block device" "$R/loop.img"
+    kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
+    cmekctl volume create "$LOOP" --key Dev/devkey --force >/dev/null || fail "create --force on a free block device failed"
+else
+    log "(no loop device: the held block device case is not replayed)"
+fi
+
 log "finding 4: a FIFO is refused at once, and the daemon keeps answering"
 as_user ckvnone mkfifo "$P/fifo"
 for args in "volume show $P/fifo" "volume unlock --test $P/fifo" "volume bind $P/fifo --key Dev/devkey" \
