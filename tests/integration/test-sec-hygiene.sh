@@ -146,6 +146,9 @@ mkhook "$HOOKS/40-user" user
 chown ckhdev "$HOOKS/40-user"
 mkhook "$HOOKS/50-ow" ow
 chmod 757 "$HOOKS/50-ow"
+# a file name with an escape sequence: the warning naming it reaches the log escaped
+mkhook "$HOOKS/60-esc"$'\e[2J\e]0;x\a' esc
+chmod 775 "$HOOKS/60-esc"$'\e[2J\e]0;x\a'
 printf '#!/bin/sh\ncat >/dev/null\n: >"%s/done-last"\n' "$OUT" >"$HOOKS/99-last"
 chmod 755 "$HOOKS/99-last"
 wait_file() { for ((i = 0; i < 200; i++)); do [ -e "$1" ] && return 0; sleep 0.05; done; return 1; }
@@ -153,13 +156,16 @@ cmekctl key disable "$DEVKEY" >/dev/null
 wait_file "$OUT/done-good" || fail "the good hook did not run"
 wait_file "$OUT/done-last" || fail "the last good hook did not run"
 sleep 0.5
-for b in link gw user ow; do
+for b in link gw user ow esc; do
     [ ! -e "$OUT/marker-$b" ] || fail "hook '$b' ran"
 done
 grep -q "Hook $HOOKS/20-link is a symbolic link" "$TEST_TMP/cmekd.log" || fail "no warning naming the symlink"
 grep -q "Hook $HOOKS/30-gw is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the group-writable hook"
 grep -q "Hook $HOOKS/50-ow is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the other-writable hook"
 grep -q "Hook $HOOKS/40-user is not owned by root" "$TEST_TMP/cmekd.log" || fail "no warning for the hook owned by ckhdev"
+grep -qF "Hook $HOOKS/60-esc\x1b[2J\x1b]0;x\a is writable by group or others" "$TEST_TMP/cmekd.log" ||
+    fail "the warning for a hook with an escape in its name is missing or not escaped"
+! grep -qP '[\x00-\x08\x0b-\x1f\x7f]' "$TEST_TMP/cmekd.log" || fail "raw control characters in the daemon log"
 # environment: PATH and CMEK_* only
 grep -qx 'CMEK_EVENT=key.disabled' "$OUT/env" || { cat "$OUT/env"; fail "CMEK_EVENT missing"; }
 grep -q '^PATH=' "$OUT/env" || fail "no PATH"
