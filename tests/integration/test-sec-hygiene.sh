@@ -45,7 +45,14 @@ compartments = Dev Ops
 [vault hsm]
 compartments = Prod
 C
+# as under the shipped unit, the daemon has no CAP_SETPCAP (it cannot shrink a child's bounding set):
+# a hook's capabilities must go through capset() + no_new_privs
+printf '#!/bin/sh\nexec setpriv --bounding-set=-setpcap -- "%s" "$@"\n' "$CMEKD" >"$TEST_TMP/cmekd-no-setpcap"
+chmod 755 "$TEST_TMP/cmekd-no-setpcap"
+CMEKD=$TEST_TMP/cmekd-no-setpcap
 start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
+grep -qP '^CapBnd:\t0*[0-9a-f]*$' "/proc/$CMEKD_PID/status"
+[ $(( 0x$(sed -n 's/^CapBnd:\t//p' "/proc/$CMEKD_PID/status") & (1 << 8) )) -eq 0 ] || fail "the daemon still has CAP_SETPCAP"
 chmod 755 "$STATE"
 I=$TEST_TMP/img
 mkdir -p "$I"
