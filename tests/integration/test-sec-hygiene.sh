@@ -8,7 +8,7 @@
 # to a root broker; GetWrappingKey creation needs manage vaults; vault compartments are enforced.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
 need_root
-need_cmd cryptsetup socat python3 sha256sum od
+need_cmd cryptsetup socat python3 sha256sum od groupadd usermod setpriv
 
 chmod 755 "$TEST_TMP"
 add_test_user ckhdev
@@ -51,7 +51,6 @@ printf '#!/bin/sh\nexec setpriv --bounding-set=-setpcap -- "%s" "$@"\n' "$CMEKD"
 chmod 755 "$TEST_TMP/cmekd-no-setpcap"
 CMEKD=$TEST_TMP/cmekd-no-setpcap
 start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
-grep -qP '^CapBnd:\t0*[0-9a-f]*$' "/proc/$CMEKD_PID/status"
 [ $(( 0x$(sed -n 's/^CapBnd:\t//p' "/proc/$CMEKD_PID/status") & (1 << 8) )) -eq 0 ] || fail "the daemon still has CAP_SETPCAP"
 chmod 755 "$STATE"
 I=$TEST_TMP/img
@@ -82,7 +81,6 @@ assert_contains "$(cat "$TEST_TMP/err")" '"path" contains control characters'
 [ ! -e "$badimg" ] || fail "volume create made a file with an escape sequence in its name"
 truncate -s 32M "$I/ok.img"
 chmod 666 "$I/ok.img"
-sum_ok=$(sha256sum <"$I/ok.img")
 expect_exit 2 as_user_ctl ckhdev volume unlock "$I/ok.img" --name "cmek${ESC}[8m"
 assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
 printf 'pw' | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - "$I/ok.img"
