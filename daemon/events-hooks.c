@@ -323,6 +323,9 @@ typedef struct HookExec {
         const char *failed;     /* what failed */
 } HookExec;
 
+/* Runs in the clone()d child on its own stack, sharing the daemon's memory until the exec: system
+ * calls only (no malloc, no locks, no stdio); not instrumented by ASan (a foreign stack). */
+__attribute__((no_sanitize_address))
 static int hook_child(void *userdata) {
         HookExec *x = userdata;
         struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };

@@ -51,7 +51,7 @@ grep -q '"type":"key.disabled"' && exec sleep 100
 exit 0
 EOH
 printf '#!/bin/sh\ncat >/dev/null; exit 3\n' >"$HOOKS/30-fail"
-chmod +x "$HOOKS"/*
+chmod 755 "$HOOKS" "$HOOKS"/*   # hooks must be root-owned and not group/other-writable
 # hook-timeout: a loaded TCG guest can take seconds to start a shell; the hanging hook is
 # still killed long before the end
 cat >"$TEST_TMP/cmekd.conf" <<EOC

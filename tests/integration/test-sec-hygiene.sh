@@ -8,7 +8,7 @@
 # to a root broker; GetWrappingKey creation needs manage vaults; vault compartments are enforced.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
 need_root
-need_cmd cryptsetup socat python3 sha256sum od
+need_cmd cryptsetup socat python3 sha256sum od groupadd usermod setpriv
 
 chmod 755 "$TEST_TMP"
 add_test_user ckhdev
@@ -45,7 +45,13 @@ compartments = Dev Ops
 [vault hsm]
 compartments = Prod
 C
+# as under the shipped unit, the daemon has no CAP_SETPCAP (it cannot shrink a child's bounding set):
+# a hook's capabilities must go through capset() + no_new_privs
+printf '#!/bin/sh\nexec setpriv --bounding-set=-setpcap -- "%s" "$@"\n' "$CMEKD" >"$TEST_TMP/cmekd-no-setpcap"
+chmod 755 "$TEST_TMP/cmekd-no-setpcap"
+CMEKD=$TEST_TMP/cmekd-no-setpcap
 start_cmekd "" --policy "$POLICY" --config "$CONF" --hooks-dir "$HOOKS" --metrics-file "$METRICS"
+[ $(( 0x$(sed -n 's/^CapBnd:\t//p' "/proc/$CMEKD_PID/status") & (1 << 8) )) -eq 0 ] || fail "the daemon still has CAP_SETPCAP"
 chmod 755 "$STATE"
 I=$TEST_TMP/img
 mkdir -p "$I"
@@ -75,7 +81,6 @@ assert_contains "$(cat "$TEST_TMP/err")" '"path" contains control characters'
 [ ! -e "$badimg" ] || fail "volume create made a file with an escape sequence in its name"
 truncate -s 32M "$I/ok.img"
 chmod 666 "$I/ok.img"
-sum_ok=$(sha256sum <"$I/ok.img")
 expect_exit 2 as_user_ctl ckhdev volume unlock "$I/ok.img" --name "cmek${ESC}[8m"
 assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
 printf 'pw' | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - "$I/ok.img"
@@ -146,6 +151,9 @@ mkhook "$HOOKS/40-user" user
 chown ckhdev "$HOOKS/40-user"
 mkhook "$HOOKS/50-ow" ow
 chmod 757 "$HOOKS/50-ow"
+# a file name with an escape sequence: the warning naming it reaches the log escaped
+mkhook "$HOOKS/60-esc"$'\e[2J\e]0;x\a' esc
+chmod 775 "$HOOKS/60-esc"$'\e[2J\e]0;x\a'
 printf '#!/bin/sh\ncat >/dev/null\n: >"%s/done-last"\n' "$OUT" >"$HOOKS/99-last"
 chmod 755 "$HOOKS/99-last"
 wait_file() { for ((i = 0; i < 200; i++)); do [ -e "$1" ] && return 0; sleep 0.05; done; return 1; }
@@ -153,13 +161,16 @@ cmekctl key disable "$DEVKEY" >/dev/null
 wait_file "$OUT/done-good" || fail "the good hook did not run"
 wait_file "$OUT/done-last" || fail "the last good hook did not run"
 sleep 0.5
-for b in link gw user ow; do
+for b in link gw user ow esc; do
     [ ! -e "$OUT/marker-$b" ] || fail "hook '$b' ran"
 done
 grep -q "Hook $HOOKS/20-link is a symbolic link" "$TEST_TMP/cmekd.log" || fail "no warning naming the symlink"
 grep -q "Hook $HOOKS/30-gw is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the group-writable hook"
 grep -q "Hook $HOOKS/50-ow is writable by group or others" "$TEST_TMP/cmekd.log" || fail "no warning for the other-writable hook"
 grep -q "Hook $HOOKS/40-user is not owned by root" "$TEST_TMP/cmekd.log" || fail "no warning for the hook owned by ckhdev"
+grep -qF "Hook $HOOKS/60-esc\x1b[2J\x1b]0;x\a is writable by group or others" "$TEST_TMP/cmekd.log" ||
+    fail "the warning for a hook with an escape in its name is missing or not escaped"
+! grep -qP '[\x00-\x08\x0b-\x1f\x7f]' "$TEST_TMP/cmekd.log" || fail "raw control characters in the daemon log"
 # environment: PATH and CMEK_* only
 grep -qx 'CMEK_EVENT=key.disabled' "$OUT/env" || { cat "$OUT/env"; fail "CMEK_EVENT missing"; }
 grep -q '^PATH=' "$OUT/env" || fail "no PATH"
