@@ -51,7 +51,8 @@ static struct {
 typedef struct UidUsage {
         struct UidUsage *next;
         uid_t uid;
-        unsigned n_connections;
+        unsigned n_ref;         /* connections not freed yet (their output is still counted) */
+        unsigned n_connections; /* live ones: a killed connection stops counting at once */
         size_t out_bytes;
         double tokens;
         uint64_t refill_usec;
@@ -153,12 +154,13 @@ static UidUsage *uid_usage_ref(uid_t uid) {
                 u->next = uid_usages;
                 uid_usages = u;
         }
+        u->n_ref++;
         u->n_connections++;
         return u;
 }
 
 static void uid_usage_unref(UidUsage *u) {
-        if (!u || --u->n_connections > 0)
+        if (!u || --u->n_ref > 0)
                 return;
         for (UidUsage **p = &uid_usages; *p; p = &(*p)->next)
                 if (*p == u) {
@@ -345,6 +347,11 @@ static void connection_kill(Connection *c) {
         if (c->dead)
                 return;
         c->dead = true;
+        /* it stops counting against the limits now, not when the loop gets to free it: after a
+         * mass disconnect new clients must not be refused for slots that are already gone */
+        c->manager->n_connections--;
+        if (c->usage)
+                c->usage->n_connections--;
         call = c->current;
         c->current = NULL;
         if (call) {
@@ -865,7 +872,6 @@ static void connection_free(Connection *c) {
                 m->connections = c->next;
         if (c->next)
                 c->next->prev = c->prev;
-        m->n_connections--;
         sd_event_source_disable_unref(c->io);
         sd_event_source_disable_unref(c->idle);
         sd_event_source_disable_unref(c->gc);
@@ -1223,6 +1229,9 @@ int server_listen(Manager *m, int fd) {
         r = sd_event_add_io(m->event, &s, fd, EPOLLIN, on_listen_io, m);
         if (r < 0)
                 return r;
+        /* a new client (root's among them) is accepted before queued requests are served;
+         * accepting, and refusing, is cheap */
+        (void) sd_event_source_set_priority(s, SD_EVENT_PRIORITY_IMPORTANT);
         (void) sd_event_source_set_io_fd_own(s, true);
         /* the loop takes its own reference; drop ours so it is freed with the loop */
         (void) sd_event_source_set_floating(s, true);

@@ -139,6 +139,7 @@ UNWRAP="{\"method\":\"io.cmek.Volume.Unwrap\",\"parameters\":{\"uuid\":\"$UUID\"
 cmekctl_raw "$UNWRAP" | grep -q '"secret"' || fail "root's Unwrap does not work before the siege"
 AUDIT=$TEST_TMP/siege-state/audit.log
 AUDIT0=$(stat -c %s "$AUDIT")
+REFUSALS0=$(grep -c 'Refused [0-9]* connection' "$TEST_TMP/cmekd.log" || true)
 vmlck_kb() { awk '/^VmLck/{print $2}' "/proc/$1/status"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 SIEGE_SECS=25
@@ -178,6 +179,7 @@ wait $pid_cksnogrant || fail "siege as cksnogrant: $(cat "$TEST_TMP/siege-cksnog
 wait $pid_cksdev || fail "siege as cksdev: $(cat "$TEST_TMP/siege-cksdev.err")"
 wait $pid_cksflood || fail "siege as cksflood: $(cat "$TEST_TMP/siege-cksflood.err")"
 AUDIT1=$(stat -c %s "$AUDIT")
+REFUSALS1=$(grep -c 'Refused [0-9]* connection' "$TEST_TMP/cmekd.log" || true)
 log "siege, no grant: $(cat "$TEST_TMP/siege-cksnogrant.json")"
 log "siege, small grant: $(cat "$TEST_TMP/siege-cksdev.json")"
 log "siege, small grant, flood only: $(cat "$TEST_TMP/siege-cksflood.json")"
@@ -192,6 +194,10 @@ log "root under siege ($rounds rounds): status <= ${max_status} ms, unlock --tes
 # the users really filled every slot root does not own while root was served (the probe's own
 # connection counts too; between probes, flooders whose connection was refused reconnect)
 [ "$max_clients" -gt $((SIEGE_MAX - SIEGE_ROOT)) ] || fail "the siege held at most $max_clients connections, expected $((SIEGE_MAX - SIEGE_ROOT))"
+# refused connections are closed without an audit record and logged once per 10 s, with a count
+[ $((REFUSALS1 - REFUSALS0)) -ge 1 ] || fail "no refused connection was logged"
+[ $((REFUSALS1 - REFUSALS0)) -le $((SIEGE_SECS / 10 + 2)) ] || fail "$((REFUSALS1 - REFUSALS0)) log lines for refused connections in $SIEGE_SECS s"
+! grep -qi 'refus.*connection\|Busy' "$AUDIT" || fail "refused connections reached the audit log"
 for u in cksnogrant cksdev; do
     held=$(json_get "$(cat "$TEST_TMP/siege-$u.json")" held)
     [ "$held" -le $SIEGE_PER_UID ] || fail "$u held $held connections, more than $SIEGE_PER_UID"
