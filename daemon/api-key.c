@@ -75,6 +75,17 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
 
         if (!id)
                 return reply_invalid(c, "key", "\"key\" (string: key id or name) is required"), -EINVAL;
+        if (!manager_caller_has_any_grant(m, c)) {
+                /* no statement names him: he may inspect nothing, so the unknown-key answer, before
+                 * any token access */
+                char detail[160];
+                snprintf(detail, sizeof(detail), "%s keys on '%.64s': the caller holds no grant, answered as an unknown key",
+                         verb, id);
+                (void) manager_audit(m, c, &(AuditRecord) {
+                        .event = "policy.denied", .operation = call_method(c),
+                        .result = CMEK_ERROR_PERMISSION_DENIED, .detail = detail });
+                return reply_key_not_found(c, id, -ENOENT), -ENOENT;
+        }
         r = key_load(m, id, &k);
         if (r == -ENOTUNIQ && !manager_allowed(m, c, "inspect", "keys", NULL, NULL, NULL))
                 r = -ENOENT;

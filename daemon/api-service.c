@@ -199,6 +199,11 @@ bool manager_allowed(Manager *m, Call *c, const char *verb, const char *resource
         return policy_check(m->policy, &req);
 }
 
+bool manager_caller_has_any_grant(Manager *m, Call *c) {
+        PolicyRequest req = make_request(call_caller(c), POLICY_VERB_INSPECT, "keys", NULL, NULL, NULL);
+        return policy_has_any_grant(m->policy, &req);
+}
+
 /* The full refusal (what, where, on which ids, the statement that is missing) goes to the audit
  * line and the daemon log; the caller gets it only when some statement already names him in that
  * compartment: to anyone else it would say which keys, volumes and compartments exist. */

@@ -707,6 +707,11 @@ static int method_unwrap(Manager *m, Call *c, json_object *params) {
         if (r < 0)
                 return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "malformed cmek token: %s", why);
 
+        /* a caller that no statement names is refused before any token access */
+        if (!manager_caller_has_any_grant(m, c)) {
+                (void) manager_deny(m, c, "use", "keys", NULL, t.key_id, uuid);
+                goto out;
+        }
         r = key_lookup(m, t.key_id, &k);
         if (r < 0) {
                 /* A caller who may not list keys learns nothing from an unknown (or deleted) key id:
@@ -761,6 +766,13 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
 
         if (json_object_object_get_ex(params, "devices", &devs) && !json_object_is_type(devs, json_type_array))
                 devs = NULL;
+        /* A caller that no statement names is refused before any lookup: no token access, no
+         * device opened. */
+        if (!manager_caller_has_any_grant(m, c)) {
+                json_object_put(results);
+                (void) manager_deny(m, c, "manage", "volumes", NULL, key, NULL);
+                return 0;
+        }
         /* Authorize before anything else, whatever the selection turns out to hold: manage volumes
          * in the key's compartment, or in the tenancy for "every volume" (no key, no device). A
          * caller who may not list keys learns nothing from an unknown key. */

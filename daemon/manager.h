@@ -99,6 +99,9 @@ int manager_authorize(Manager *m, Call *c, const char *verb, const char *resourc
 /* The same check without replying or auditing (e.g. "may the caller even know this exists?"). */
 bool manager_allowed(Manager *m, Call *c, const char *verb, const char *resource_type,
                      const char *compartment, const char *key_id, const char *volume_id);
+/* Whether any statement names the caller (root: always). Without one, refuse before looking
+ * anything up: a caller without a grant costs no token access. */
+bool manager_caller_has_any_grant(Manager *m, Call *c);
 /* Audits the refusal and replies io.cmek.PermissionDenied; returns -EACCES. A caller that no
  * statement names in that compartment (policy_has_grant_in()) gets only verb, resource and a
  * fixed message: no compartment, key id, volume id or statement (those go to the audit record). */

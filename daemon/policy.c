@@ -992,25 +992,7 @@ bool policy_check(const Policy *p, const PolicyRequest *req) {
         return policy_check_line(p, req, NULL);
 }
 
-bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups) {
-        PolicyRequest req = { .uid = uid, .gid = gid, .groups = groups, .n_groups = n_groups };
-        Caller caller = { .req = &req };
-        bool found = false;
-
-        if (uid == 0)
-                return true;
-        if (!p)
-                return false;
-        for (size_t i = 0; i < p->n_statements && !found; i++) {
-                const Statement *s = &p->statements[i];
-                for (size_t j = 0; j < s->n_subjects && !found; j++)
-                        found = subject_matches(&s->subjects[j], &caller);
-        }
-        caller_done(&caller);
-        return found;
-}
-
-bool policy_has_grant_in(const Policy *p, const PolicyRequest *req) {
+static bool has_grant(const Policy *p, const PolicyRequest *req, bool anywhere) {
         Caller caller = { .req = req };
         bool found = false;
 
@@ -1025,13 +1007,26 @@ bool policy_has_grant_in(const Policy *p, const PolicyRequest *req) {
         for (size_t i = 0; i < p->n_statements && !found; i++) {
                 const Statement *s = &p->statements[i];
 
-                if (s->compartment && !(req->compartment && streq(req->compartment, s->compartment)))
+                if (!anywhere && s->compartment && !(req->compartment && streq(req->compartment, s->compartment)))
                         continue;
                 for (size_t j = 0; j < s->n_subjects && !found; j++)
                         found = subject_matches(&s->subjects[j], &caller);
         }
         caller_done(&caller);
         return found;
+}
+
+bool policy_has_grant_in(const Policy *p, const PolicyRequest *req) {
+        return has_grant(p, req, /* anywhere= */ false);
+}
+
+bool policy_has_any_grant(const Policy *p, const PolicyRequest *req) {
+        return has_grant(p, req, /* anywhere= */ true);
+}
+
+bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups) {
+        PolicyRequest req = { .uid = uid, .gid = gid, .groups = groups, .n_groups = n_groups };
+        return policy_has_any_grant(p, &req);
 }
 
 /* ---- explaining ---- */

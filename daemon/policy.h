@@ -70,6 +70,9 @@ bool policy_subject_has_any_grant(const Policy *p, uid_t uid, gid_t gid, const g
  * compartment; uid 0 always has one. A caller without one is told nothing about what exists there
  * (no ids, no compartment, no statement in io.cmek.PermissionDenied). */
 bool policy_has_grant_in(const Policy *p, const PolicyRequest *req);
+/* Whether some statement names this caller at all, in any compartment (req->compartment, verb and
+ * resource type ignored). A caller without one is refused before any lookup (no token access). */
+bool policy_has_any_grant(const Policy *p, const PolicyRequest *req);
 
 /* The statement that would allow req, for io.cmek.PermissionDenied, e.g.
  * "allow user backup to use keys in compartment Prod where target.key.id = 'ocid1...'".

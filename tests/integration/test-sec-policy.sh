@@ -182,12 +182,15 @@ wait_for grep -q key.disabled "$REC" || fail "the hook did not record key.disabl
 sleep 0.5
 before=$(snapshot)
 rec0=$(wc -c <"$REC"); ev0=$(wc -c <"$EV"); n0=$(audit_lines)
-for params in '{}' '{"devices":[]}' "{\"key\":\"$(key_id Prod/empty)\"}" '{"key":"Prod/empty"}' '{"key":"Prod/nosuch"}' \
+mkfifo -m 666 "$TEST_TMP/fifo"
+for params in "{\"devices\":[\"$TEST_TMP/fifo\"]}" "{\"devices\":[\"$I/prod.img\"]}" '{}' '{"devices":[]}' "{\"key\":\"$(key_id Prod/empty)\"}" '{"key":"Prod/empty"}' '{"key":"Prod/nosuch"}' \
     "{\"key\":\"$KP\"}" '{"key":"Prod/empty","new_secret":true}'; do
     r=$(raw_as ckpnone "{\"method\":\"io.cmek.Volume.Rewrap\",\"parameters\":$params}")
     [ "$(json_get "$r" error)" = io.cmek.PermissionDenied ] || fail "Rewrap $params by ckpnone: $r"
     for s in "$KP" "$UP" Prod "allow user" '"statement"'; do assert_not_contains "$r" "$s"; done
 done
+# the refusals came before any device was opened: the daemon did not block on the FIFO
+CMEK_RAW_TIMEOUT=5 cmekctl_raw '{"method":"io.cmek.Service.Status"}' | grep -q '"version"' || fail "the daemon is stuck"
 sleep 1.5  # hooks run from the event loop, after the reply: give them time
 [ -z "$(audit_new_ok "$n0")" ] || fail "refused rewraps wrote ok records: $(audit_new_ok "$n0")"
 [ "$(wc -c <"$EV")" = "$ev0" ] || fail "refused rewraps sent events: $(tail -c +"$((ev0 + 1))" "$EV")"

@@ -750,8 +750,28 @@ static void test_has_grant_in(void **state) {
         {
                 PolicyRequest req = to_request(&table[1].req);
                 assert_false(policy_has_grant_in(NULL, &req));
+                assert_false(policy_has_any_grant(NULL, &req));
         }
         assert_false(policy_has_grant_in(p, NULL));
+        assert_false(policy_has_any_grant(p, NULL));
+
+        /* anywhere: a grant in Dev counts for a request about Prod or the tenancy */
+        static const struct {
+                Req req;
+                bool has;
+        } any[] = {
+                { { .uid = 0, .gid = 0 }, true },
+                { { .uid = 1001, .gid = 1001, .compartment = "Prod" }, true },
+                { { .uid = 1001, .gid = 1001 }, true },
+                { { .uid = 1003, .gid = 1003, .groups = { 1002 }, .n_groups = 1 }, true },
+                { { .uid = 1003, .gid = 1003, .compartment = "Dev" }, false },
+                { { .uid = 1004, .gid = 1004 }, false },
+        };
+        for (size_t i = 0; i < ARRAY_SIZE(any); i++) {
+                PolicyRequest req = to_request(&any[i].req);
+                if (policy_has_any_grant(p, &req) != any[i].has)
+                        fail_msg("anywhere case %zu: expected %s", i, any[i].has ? "a grant" : "no grant");
+        }
 }
 
 static char *write_temp(const char *data, size_t size, mode_t mode) {
