@@ -72,6 +72,9 @@ static const struct {
         { "daemon.started",         "ff2548a2503841e1879b0d608b6a21fa", LOG_INFO,    SUBJECT_NONE,   "cmekd started" },
         { "daemon.stopped",         "c6c6cb75e93a4551bce6e83594ad38e7", LOG_INFO,    SUBJECT_NONE,   "cmekd stopped" },
         { "audit.recovered",        "9f49ca18a28c4218b9d36f03d12c7d1f", LOG_WARNING, SUBJECT_NONE,   "Audit log recovered" },
+        { "audit.checkpoint",       "ddaf5b5e144a48f9a7aa1be5161f025d", LOG_DEBUG,   SUBJECT_NONE,   "Audit checkpoint" },
+        { "audit.discontinuity",    "6664d72027b348db90223ec16cff0ce3", LOG_CRIT,    SUBJECT_NONE,   "Audit log discontinuity" },
+        { "audit.resumed",          "d1210d084d8a4992ab2bdad69b4f8461", LOG_WARNING, SUBJECT_NONE,   "Audit log writable again" },
 };
 #define GENERIC_MESSAGE_ID "182980df332147e9b14176c7edffcd09"
 
@@ -491,7 +494,13 @@ bool cmek_audit_needs_sync(const CmekAudit *a) {
 }
 
 int cmek_audit_sync(CmekAudit *a) {
-        if (!a || !a->unsynced)
+        if (!a)
+                return 0;
+        /* a failed fdatasync() (e.g. of a checkpoint, outside the group commit) may have lost
+         * lines appended before it: never report them durable */
+        if (a->broken)
+                return -EIO;
+        if (!a->unsynced)
                 return 0;
         a->unsynced = false;
         if (fdatasync(a->fd) < 0) {
