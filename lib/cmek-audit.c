@@ -771,6 +771,10 @@ const char *cmek_audit_get_hash(const CmekAudit *a) {
         return a ? a->hash : NULL;
 }
 
+uint64_t cmek_audit_get_size(const CmekAudit *a) {
+        return a ? (uint64_t) a->size : 0;
+}
+
 uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a) {
         return a ? a->recovered_bytes : 0;
 }
@@ -820,6 +824,7 @@ int cmek_audit_verify_info(const char *path, CmekAuditVerifyInfo *info, unsigned
         char last_hash[HASH_HEX_LEN + 1] = ZERO_HASH;
         uint64_t last_seq = 0;
         unsigned lineno = 0;
+        uint64_t offset = 0;
         size_t cap = 0;
         ssize_t n;
 
@@ -827,13 +832,14 @@ int cmek_audit_verify_info(const char *path, CmekAuditVerifyInfo *info, unsigned
         if (!f)
                 return -errno;
 
-        while ((n = getline(&line, &cap, f)) >= 0) {
+        while ((!info || !info->max_bytes || offset < info->max_bytes) && (n = getline(&line, &cap, f)) >= 0) {
                 char prev[HASH_HEX_LEN + 1], hash[HASH_HEX_LEN + 1];
                 const char *why;
                 uint64_t seq;
                 int k = 0;
 
                 lineno++;
+                offset += (uint64_t) n;
                 if (line[n - 1] != '\n') {
                         k = asprintf(&reason, "line %u: torn, no trailing newline (interrupted write)", lineno);
                         goto bad;

@@ -107,6 +107,8 @@ uint64_t cmek_audit_get_seq(const CmekAudit *a);
 const char *cmek_audit_get_hash(const CmekAudit *a);
 /* Bytes of a torn last line cut by open (0 if none): the daemon should log a warning. */
 uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a);
+/* Bytes of complete lines written (the end of the last one). */
+uint64_t cmek_audit_get_size(const CmekAudit *a);
 
 /* Verifies the whole chain. Returns 0 when intact, -EBADMSG when broken: *ret_bad_line is the
  * first bad line (1-based) and *ret_reason says why ("line 7: hash mismatch (line edited)").
@@ -121,6 +123,9 @@ typedef struct CmekAuditLineInfo {
 } CmekAuditLineInfo;
 typedef struct CmekAuditVerifyInfo {
         uint64_t want_seq;              /* in: describe this line in .wanted (0: none) */
+        uint64_t max_bytes;             /* in: stop there (0: read all); the daemon passes the size
+                                         * of the complete lines, so a line being appended meanwhile
+                                         * is not seen half-written */
         uint64_t last_seq;              /* out: seq of the last good line */
         unsigned n_checkpoints;
         CmekAuditLineInfo last_checkpoint, wanted;
