@@ -819,6 +819,9 @@ typedef struct AuditJob {
         unsigned n, bad;
         char *reason;
         CmekAuditVerifyInfo info;
+        bool have_anchor;               /* the token's anchor when the verify was asked for */
+        uint64_t anchor_seq;
+        char anchor_hash[65];
         json_object *entries;
         uint64_t next;
         struct AuditJob *next_job;
@@ -869,7 +872,8 @@ static void audit_job_reply(AuditJob *j) {
 
                 /* the chain is intact: does the token agree (anchor, checkpoint HMACs)? */
                 if (j->r >= 0) {
-                        j->reason = audit_anchor_judge(j->manager, &j->info, &checked);
+                        j->reason = audit_anchor_judge(j->manager, &j->info, j->have_anchor, j->anchor_seq,
+                                                       j->anchor_hash, &checked);
                         if (j->reason) {
                                 j->r = -EBADMSG;
                                 j->bad = (unsigned) (j->info.last_seq + 1 < (uint64_t) j->n ? j->info.last_seq + 1 : j->n);
@@ -877,8 +881,8 @@ static void audit_job_reply(AuditJob *j) {
                 }
                 json_object_object_add(p, "checkpoints", json_object_new_int64(j->info.n_checkpoints));
                 json_object_object_add(p, "anchored", json_object_new_boolean(checked));
-                if (audit_anchor_seq() > 0)
-                        json_object_object_add(p, "anchor_seq", json_object_new_int64((int64_t) audit_anchor_seq()));
+                if (j->have_anchor)
+                        json_object_object_add(p, "anchor_seq", json_object_new_int64((int64_t) j->anchor_seq));
                 if (!checked)
                         json_object_object_add(p, "note", json_object_new_string(
                                 audit_anchor_unavailable() ?: "no checkpoint key in the token: only the hash chain was checked"));
@@ -1032,7 +1036,11 @@ static int method_audit_verify(Manager *m, Call *c, json_object *params) {
         if (!j)
                 return -ENOMEM;
         j->verify = true;
-        j->info.want_seq = audit_anchor_seq();
+        j->have_anchor = audit_anchor_get(&j->anchor_seq, j->anchor_hash);
+        j->info.want_seq = j->have_anchor ? j->anchor_seq : 0;
+        /* what is complete now (written, maybe not yet synced): lines appended during the verify
+         * are for the next one, and are never seen half-written */
+        j->info.max_bytes = cmek_audit_get_size(m->audit);
         r = audit_path(m, &j->path);
         if (r < 0) {
                 free(j);

@@ -290,9 +290,19 @@ uint64_t audit_anchor_seq(void) {
         return A.have_key && A.have_anchor ? A.anchor_seq : 0;
 }
 
-/* The token's verdict on a chain that verified: NULL when the anchor and the checkpoints agree,
- * else why not. *ret_checked: whether the token was consulted at all. */
-char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool *ret_checked) {
+bool audit_anchor_get(uint64_t *ret_seq, char ret_hash[static 65]) {
+        if (!A.have_key || !A.have_anchor)
+                return false;
+        *ret_seq = A.anchor_seq;
+        memcpy(ret_hash, A.anchor_hash, 65);
+        return true;
+}
+
+/* The token's verdict on a chain that verified: NULL when the anchor (as it was when the verify
+ * started: the file only grows meanwhile) and the checkpoints agree, else why not.
+ * *ret_checked: whether the token was consulted at all. */
+char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool have_anchor, uint64_t anchor_seq,
+                         const char *anchor_hash, bool *ret_checked) {
         char mac[65];
         char *reason = NULL;
         int r;
@@ -301,24 +311,27 @@ char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool *ret_
         if (!A.have_key)
                 return NULL;
         *ret_checked = true;
-        if (A.have_anchor && info->last_seq < A.anchor_seq) {
+        if (have_anchor && info->last_seq < anchor_seq) {
                 if (info->last_checkpoint.seq > 0)
                         r = asprintf(&reason, "tail cut after checkpoint %" PRIu64 ": the log ends at line %" PRIu64
                                      ", the token's anchor is checkpoint %" PRIu64, info->last_checkpoint.seq,
-                                     info->last_seq, A.anchor_seq);
+                                     info->last_seq, anchor_seq);
                 else
                         r = asprintf(&reason, "tail cut before any checkpoint: the log ends at line %" PRIu64
-                                     ", the token's anchor is checkpoint %" PRIu64, info->last_seq, A.anchor_seq);
+                                     ", the token's anchor is checkpoint %" PRIu64, info->last_seq, anchor_seq);
                 return r < 0 ? NULL : reason;
         }
-        if (A.have_anchor && (!info->wanted.checkpoint || !streq(info->wanted.hash, A.anchor_hash))) {
+        /* the anchored line's hash is what the token holds (a checkpoint, or at first start the
+         * last line before the key existed): with the chain intact, a match proves every line
+         * up to it */
+        if (have_anchor && (info->wanted.seq != anchor_seq || !streq(info->wanted.hash, anchor_hash))) {
                 if (info->wanted.checkpoint && checkpoint_mac(info->wanted.seq, info->wanted.prev, mac) >= 0 &&
                     !streq(mac, info->wanted.mac))
                         r = asprintf(&reason, "chain recomputed (checkpoint HMAC mismatch at line %" PRIu64 ", the token's anchor)",
-                                     A.anchor_seq);
+                                     anchor_seq);
                 else
-                        r = asprintf(&reason, "line %" PRIu64 " is not the checkpoint the token anchors (replaced or recomputed)",
-                                     A.anchor_seq);
+                        r = asprintf(&reason, "line %" PRIu64 " is not the line the token anchors (replaced or recomputed)",
+                                     anchor_seq);
                 return r < 0 ? NULL : reason;
         }
         if (info->last_checkpoint.seq > 0) {

@@ -35,5 +35,7 @@ int audit_anchor_init(Manager *m);
 void audit_anchor_done(Manager *m);
 int audit_anchor_checkpoint(Manager *m);
 uint64_t audit_anchor_seq(void);          /* 0: none */
-char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool *ret_checked);
+bool audit_anchor_get(uint64_t *ret_seq, char ret_hash[static 65]);
+char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool have_anchor, uint64_t anchor_seq,
+                         const char *anchor_hash, bool *ret_checked);
 const char *audit_anchor_unavailable(void); /* NULL: anchored */

@@ -72,6 +72,9 @@ static const struct {
         { "daemon.started",         "ff2548a2503841e1879b0d608b6a21fa", LOG_INFO,    SUBJECT_NONE,   "cmekd started" },
         { "daemon.stopped",         "c6c6cb75e93a4551bce6e83594ad38e7", LOG_INFO,    SUBJECT_NONE,   "cmekd stopped" },
         { "audit.recovered",        "9f49ca18a28c4218b9d36f03d12c7d1f", LOG_WARNING, SUBJECT_NONE,   "Audit log recovered" },
+        { "audit.checkpoint",       "ddaf5b5e144a48f9a7aa1be5161f025d", LOG_DEBUG,   SUBJECT_NONE,   "Audit checkpoint" },
+        { "audit.discontinuity",    "6664d72027b348db90223ec16cff0ce3", LOG_CRIT,    SUBJECT_NONE,   "Audit log discontinuity" },
+        { "audit.resumed",          "d1210d084d8a4992ab2bdad69b4f8461", LOG_WARNING, SUBJECT_NONE,   "Audit log writable again" },
 };
 #define GENERIC_MESSAGE_ID "182980df332147e9b14176c7edffcd09"
 
@@ -494,7 +497,13 @@ bool cmek_audit_needs_sync(const CmekAudit *a) {
 }
 
 int cmek_audit_sync(CmekAudit *a) {
-        if (!a || !a->unsynced)
+        if (!a)
+                return 0;
+        /* a failed fdatasync() (e.g. of a checkpoint, outside the group commit) may have lost
+         * lines appended before it: never report them durable */
+        if (a->broken)
+                return -EIO;
+        if (!a->unsynced)
                 return 0;
         a->unsynced = false;
         if (fdatasync(a->fd) < 0) {
@@ -765,6 +774,10 @@ const char *cmek_audit_get_hash(const CmekAudit *a) {
         return a ? a->hash : NULL;
 }
 
+uint64_t cmek_audit_get_size(const CmekAudit *a) {
+        return a ? (uint64_t) a->size : 0;
+}
+
 uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a) {
         return a ? a->recovered_bytes : 0;
 }
@@ -814,6 +827,7 @@ int cmek_audit_verify_info(const char *path, CmekAuditVerifyInfo *info, unsigned
         char last_hash[HASH_HEX_LEN + 1] = ZERO_HASH;
         uint64_t last_seq = 0;
         unsigned lineno = 0;
+        uint64_t offset = 0;
         size_t cap = 0;
         ssize_t n;
 
@@ -821,13 +835,14 @@ int cmek_audit_verify_info(const char *path, CmekAuditVerifyInfo *info, unsigned
         if (!f)
                 return -errno;
 
-        while ((n = getline(&line, &cap, f)) >= 0) {
+        while ((!info || !info->max_bytes || offset < info->max_bytes) && (n = getline(&line, &cap, f)) >= 0) {
                 char prev[HASH_HEX_LEN + 1], hash[HASH_HEX_LEN + 1];
                 const char *why;
                 uint64_t seq;
                 int k = 0;
 
                 lineno++;
+                offset += (uint64_t) n;
                 if (line[n - 1] != '\n') {
                         k = asprintf(&reason, "line %u: torn, no trailing newline (interrupted write)", lineno);
                         goto bad;

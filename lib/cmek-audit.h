@@ -16,7 +16,9 @@
  *
  * What the file alone cannot show: a cut tail (the log just looks shorter), and an attacker
  * with write access who recomputes every hash from the edit on (the hash is not keyed). The
- * cross-check for both is the journal: every append also sends CMEK_AUDIT_SEQ and
+ * daemon anchors the chain in its token (daemon/audit-anchor.c): "audit.checkpoint" lines carry
+ * an HMAC ("mac") made in the token, and the token keeps the latest checkpoint's seq and hash.
+ * The journal is a second cross-check: every append also sends CMEK_AUDIT_SEQ and
  * CMEK_AUDIT_HASH to journald, so the last seq/hash there must exist in the file.
  *
  * Never put a secret in any field, in particular not in "detail": the log and the journal are
@@ -87,7 +89,7 @@ static inline void cmek_audit_closep(CmekAudit **a) {
 }
 /* Appends one line (seq, time, fields, prev hash, hash), fsyncs, and writes the structured
  * journald entry with the event's MESSAGE_ID (a journald failure does not fail the append).
- * now_usec 0 means now. -E2BIG if the line would exceed CMEK_AUDIT_LINE_MAX. After a failed
+ * now_usec 0 means now. Long fields are capped (never -E2BIG in practice). After a failed
  * fdatasync() the handle refuses further appends (-EIO): close and reopen it. */
 int cmek_audit_append(CmekAudit *a, const CmekAuditEntry *e, uint64_t now_usec);
 /* A failed append still sends the entry to journald, with CMEK_AUDIT_FILE_ERROR=<strerror>
@@ -105,6 +107,8 @@ uint64_t cmek_audit_get_seq(const CmekAudit *a);
 const char *cmek_audit_get_hash(const CmekAudit *a);
 /* Bytes of a torn last line cut by open (0 if none): the daemon should log a warning. */
 uint64_t cmek_audit_get_recovered_bytes(const CmekAudit *a);
+/* Bytes of complete lines written (the end of the last one). */
+uint64_t cmek_audit_get_size(const CmekAudit *a);
 
 /* Verifies the whole chain. Returns 0 when intact, -EBADMSG when broken: *ret_bad_line is the
  * first bad line (1-based) and *ret_reason says why ("line 7: hash mismatch (line edited)").
@@ -119,6 +123,9 @@ typedef struct CmekAuditLineInfo {
 } CmekAuditLineInfo;
 typedef struct CmekAuditVerifyInfo {
         uint64_t want_seq;              /* in: describe this line in .wanted (0: none) */
+        uint64_t max_bytes;             /* in: stop there (0: read all); the daemon passes the size
+                                         * of the complete lines, so a line being appended meanwhile
+                                         * is not seen half-written */
         uint64_t last_seq;              /* out: seq of the last good line */
         unsigned n_checkpoints;
         CmekAuditLineInfo last_checkpoint, wanted;

@@ -41,6 +41,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (cmek_audit_read(path, 0, &arr) >= 0)
                 json_object_put(arr);
 
+        /* the daemon's verify (checkpoints, the anchored line) agrees with the plain one */
+        {
+                CmekAuditVerifyInfo info = { .want_seq = 2 };
+                unsigned n2 = 0, bad2 = 0;
+                char *reason2 = NULL;
+                int v2 = cmek_audit_verify_info(path, &info, &n2, &bad2, &reason2);
+                if (v2 != v || n2 != n_lines || (v2 == -EBADMSG && bad2 != bad))
+                        abort();
+                if (v2 == 0 && (info.last_seq != n_lines || info.n_checkpoints > n_lines ||
+                                (info.wanted.seq != 0 && info.wanted.seq != 2)))
+                        abort();
+                free(reason2);
+                free(info.discontinuity);
+        }
+        /* pages from any offset: refused unless it starts a line, never a crash */
+        {
+                uint64_t next = 0;
+                if (cmek_audit_read_page(path, 0, size / 2, 3, &arr, &next) >= 0) {
+                        if (next != 0 && (next <= size / 2 || next > size))
+                                abort();
+                        json_object_put(arr);
+                }
+        }
+
         r = cmek_audit_open_full(path, CMEK_AUDIT_NO_JOURNAL, &a);
         if (v == 0 && r < 0)
                 abort(); /* an intact log must open */

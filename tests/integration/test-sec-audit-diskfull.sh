@@ -73,6 +73,8 @@ st=$(cmekctl status)
 assert_contains "$st" "unavailable (No space left on device)"
 m=$(cmekctl_raw '{"method":"io.cmek.Metrics.Prometheus"}')
 assert_contains "$m" "cmek_audit_writable 0"
+PROM="python3 $top_srcdir/tests/integration/prom-check.py"
+[ "$($PROM "$TEST_TMP/metrics.prom" --get cmek_audit_writable)" = 0 ] || fail "metrics file: cmek_audit_writable is not 0"
 # read-only calls keep working
 cmekctl key list >/dev/null || fail "key list refused while the audit log is full"
 # the journal still got the refused unwraps' records if journald runs (not required here)
@@ -87,6 +89,7 @@ assert_contains "$st" "audit"
 assert_not_contains "$st" "unavailable"
 m=$(cmekctl_raw '{"method":"io.cmek.Metrics.Prometheus"}')
 assert_contains "$m" "cmek_audit_writable 1"
+[ "$($PROM "$TEST_TMP/metrics.prom" --get cmek_audit_writable)" = 1 ] || fail "metrics file: cmek_audit_writable is not 1 after recovery"
 cmekctl audit verify >"$TEST_TMP/out" || fail "audit verify after recovery: $(cat "$TEST_TMP/out" "$TEST_TMP/err")"
 assert_contains "$(cat "$TEST_TMP/out")" "chain intact"
 grep -q '"event":"audit.resumed"' "$STATE/audit.log" || fail "no audit.resumed line recording the gap"
