@@ -39,3 +39,9 @@ bool audit_anchor_get(uint64_t *ret_seq, char ret_hash[static 65]);
 char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool have_anchor, uint64_t anchor_seq,
                          const char *anchor_hash, bool *ret_checked);
 const char *audit_anchor_unavailable(void); /* NULL: anchored */
+
+/* daemon/audit-glue.c (manager_audit and friends are in manager.h) */
+bool manager_audit_denial_admit(Manager *m, const Caller *caller, const char *operation); /* false: counted */
+void manager_audit_describe(Manager *m, json_object *status);   /* Status fields "audit", "audit_unwritten" */
+int manager_method_audit_show(Manager *m, Call *c, json_object *params);
+int manager_method_audit_verify(Manager *m, Call *c, json_object *params);
