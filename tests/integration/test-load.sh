@@ -191,6 +191,9 @@ log "root under siege ($rounds rounds): status <= ${max_status} ms, unlock --tes
 [ $max_unwrap -lt 1000 ] || fail "root's Volume.Unwrap took $max_unwrap ms under siege"
 [ $max_lck -lt 65536 ] || fail "locked memory reached $max_lck kB under siege"
 [ $rounds -ge 3 ] || fail "only $rounds probe rounds under siege"
+# queued replies are bounded per uid (64 KiB without grant, 4 MiB with): the held connections
+# cost little memory (399 MiB before the per-uid limits)
+[ "$RSS_SIEGE" -lt $((BOUND_MB * 1024)) ] || fail "cmekd RSS $((RSS_SIEGE / 1024)) MiB under siege, bound $BOUND_MB MiB"
 # the users really filled every slot root does not own while root was served (the probe's own
 # connection counts too; between probes, flooders whose connection was refused reconnect)
 [ "$max_clients" -gt $((SIEGE_MAX - SIEGE_ROOT)) ] || fail "the siege held at most $max_clients connections, expected $((SIEGE_MAX - SIEGE_ROOT))"
