@@ -3,7 +3,8 @@
 # vm-boot-hotplug.test, hotplug (c): in the running system, a loop device over a bound image makes
 # udev pull in cmek-attach@<UUID>.service and /dev/mapper/cmek-<UUID> appears without a command;
 # a plain LUKS2 image is left alone; the mapping itself triggers nothing; when the device goes
-# away the unit stops and the mapping is closed.
+# away the unit stops and the mapping is closed. A copy of the registered image on another loop
+# device is not attached (only the device cmekd registered is).
 . "$(dirname "$0")/guest-boot-lib.sh"
 map=/dev/mapper/cmek-$HOT_UUID
 unit=cmek-attach@$HOT_UUID.service
@@ -59,4 +60,23 @@ unit_inactive() { [ "$(systemctl is-active "$unit")" = inactive ]; }
 wait_for 30 unit_inactive || { show_unit "$unit"; fail "$unit is '$(systemctl is-active "$unit")' 30 s after removal"; }
 say "remove uevent for $dev -> $unit stopped, $map closed in $((t1 - t0)) ms"
 losetup -d "$dev"
+
+# --- a copy of the registered volume (same UUID, same token: a snapshot, a stick made to look
+# like it) on another device is not attached: cmekd registered hot.img, not the copy (issue 13, 8b)
+cp --sparse=always /var/lib/cmek-vmtest/hot.img /var/lib/cmek-vmtest/hot-copy.img
+cdev=$(losetup --find --show /var/lib/cmek-vmtest/hot-copy.img)
+udevadm settle --timeout=60
+cdevunit=$(systemd-escape --path --suffix=device "$cdev")
+wait_for 30 systemctl is-active --quiet "$cdevunit" || fail "$cdevunit did not become active"
+cprops=$(udevadm info -q property -n "$cdev")
+grep -qx CMEK_BOUND=1 <<<"$cprops" || fail "$cdev (copy of hot.img): not seen as bound: $(grep '^CMEK_' <<<"$cprops" | tr '\n' ' ')"
+grep -qx CMEK_ATTACH_REFUSED=other-device <<<"$cprops" || fail "$cdev (copy of hot.img): no CMEK_ATTACH_REFUSED=other-device"
+if grep -q '^CMEK_ATTACH=' <<<"$cprops"; then fail "$cdev (copy of hot.img) is marked for attach"; fi
+sleep 2
+systemctl list-jobs --no-legend | grep -q 'cmek-attach@' && fail "a cmek-attach@ job is queued for the copy"
+[ "$(systemctl is-active "$unit")" != active ] || fail "$unit was started for the copy"
+[ ! -e "$map" ] || fail "$map appeared for the copy"
+journalctl -b --no-pager -t cmek-udev-helper | grep -q "not attached: other-device" || fail "the refusal is not in the journal"
+say "$cdev (a copy of hot.img, same UUID and token): CMEK_ATTACH_REFUSED=other-device, logged, no attach unit, no mapping"
+losetup -d "$cdev"
 say "PASS"
