@@ -4,7 +4,7 @@
 # directory and images on a small tmpfs filled up), (2) SIGTERM (the daemon finishes the request in
 # hand and stops cleanly), (3) the PKCS#11 token disappearing (p11-kit server stopped under a
 # p11-kit-client.so vault). After each: nothing lost (every volume opens by its cmek token once the
-# cause is gone, the audit chain verifies), the error is clear, and a re-run completes the job.
+# cause is gone; on a full disk the unwrap is refused, since its audit record cannot be written, the audit chain verifies), the error is clear, and a re-run completes the job.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
 need_root
 need_cmd cryptsetup python3
@@ -61,8 +61,13 @@ log "daemon log on the full disk: $(grep -ciE 'no space|ENOSPC' "$TEST_TMP/cmekd
 [ $rc -ne 0 ] || fail "rewrap on a full disk reported success (its registry could not be written)"
 grep -qi 'space' "$TEST_TMP/rewrap.err" || fail "the rewrap error on a full disk does not say so"
 grep -qi 'space' "$TEST_TMP/rotate.err" || fail "the rotation error on a full disk does not say so"
-all_open "$I" "on a full disk"
+# the audit log cannot record an unwrap: cmekd refuses it (fails closed) and says why
+for f in "$I"/*.img; do
+    ! cryptsetup open --test-passphrase --token-only "$f" 2>"$TEST_TMP/err" || fail "on a full disk: $(basename "$f") opened without an audit record"
+    grep -q AuditUnavailable "$TEST_TMP/err" || { cat "$TEST_TMP/err" >&2; fail "on a full disk: the refusal does not name io.cmek.AuditUnavailable"; }
+done
 rm -f "$SMALL"/fill*
+all_open "$I" "once the disk has room again"
 cmekctl audit verify >/dev/null || fail "the audit chain does not verify after the disk was full"
 cmekctl key rotate "$K" >/dev/null || fail "key rotate after freeing space failed"
 cmekctl volume rewrap --new-secret "$I"/*.img >/dev/null || fail "re-run of rewrap --new-secret after freeing space failed"
