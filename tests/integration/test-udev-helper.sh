@@ -143,9 +143,9 @@ expect_refused() { # DEVICE WHY WHAT
     log "ok: $3: refused ($2), logged"
 }
 expect_attach reg.img "the registered image"
-LOOPS=()
-on_exit 'for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null; done'
-loop() { local l; l=$(losetup --find --show --read-only "$1") || fail "losetup $1"; LOOPS+=("$l"); echo "$l"; }
+# loop is called in $(...): the cleanup finds its devices by backing file, not in a variable
+on_exit "losetup -a | grep -F '$TEST_TMP/' | cut -d: -f1 | while read -r l; do losetup -d \"\$l\"; done"
+loop() { losetup --find --show --read-only "$1" || fail "losetup $1"; }
 L=$(loop reg.img)
 expect_attach "$L" "a loop device over the registered image"
 attach_props "$L" CMEK_AUTOATTACH=0
