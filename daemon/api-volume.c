@@ -43,7 +43,9 @@ static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
                 break;
         case -EPERM:
                 error = VARLINK_ERROR_INVALID_PARAMETER;
-                snprintf(msg, sizeof(msg), "the unlock passphrase or key file opens no keyslot of '%s'", strempty(device));
+                snprintf(msg, sizeof(msg), "the unlock passphrase or key file does not open the keyslot tried on '%s' "
+                         "(one per request: the one given with --unlock-keyslot N, else the first non-CMEK keyslot; "
+                         "'cryptsetup luksDump' lists them)", strempty(device));
                 break;
         case -ENOKEY:
                 if (!key_id) {

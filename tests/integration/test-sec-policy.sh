@@ -65,7 +65,7 @@ unwrap_json() { # UUID TOKEN_FILE
 echo_masked() { python3 -c 'import sys; print(sys.argv[1].replace(sys.argv[2].replace("/", "\\/"), "K"))' "$1" "$2"; }
 audit_lines() { wc -l <"$AUDIT"; }
 # audit_new_ok SINCE: the "ok" records written after line SINCE
-audit_new_ok() { tail -n +"$(($1 + 1))" "$AUDIT" | grep '"result":"ok"' || true; }
+audit_new_ok() { tail -n +"$(($1 + 1))" "$AUDIT" | grep '"result":"ok"' | grep -v '"event":"audit\.' || true; }
 snapshot() { sha256sum "$STATE/volumes.json" "$I/dev.img" "$I/prod.img"; }
 # wait_for CMD...: up to 10 s
 wait_for() { local i; for ((i = 0; i < 200; i++)); do "$@" && return 0; sleep 0.05; done; return 1; }
