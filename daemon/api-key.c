@@ -26,7 +26,7 @@ static int reply_invalid(Call *c, const char *parameter, const char *why) {
 /* The one answer for "no such key" and "a key the caller may not even inspect": same error, same
  * text, same parameters (the caller's own string), so that KeyNotFound is no existence oracle.
  * "Several keys have this name" is said only to a caller who may inspect keys everywhere. */
-static int reply_key_not_found(Call *c, const char *key, int r) {
+int reply_key_not_found(Call *c, const char *key, int r) {
         json_object *p = error_params(r == -ENOTUNIQ ?
                                       "Several keys have this name in different compartments: use COMPARTMENT/NAME or the key id." :
                                       "No such key, or not one you may see: give its id (cmek.key....), its NAME or "
@@ -81,9 +81,10 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
                 char detail[160];
                 snprintf(detail, sizeof(detail), "%s keys on '%.64s': the caller holds no grant, answered as an unknown key",
                          verb, id);
-                (void) manager_audit(m, c, &(AuditRecord) {
-                        .event = "policy.denied", .operation = call_method(c),
-                        .result = CMEK_ERROR_PERMISSION_DENIED, .detail = detail });
+                if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "policy.denied", .operation = call_method(c),
+                                .result = CMEK_ERROR_PERMISSION_DENIED, .detail = detail });
                 return reply_key_not_found(c, id, -ENOENT), -ENOENT;
         }
         r = key_load(m, id, &k);
@@ -104,10 +105,11 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
                         char detail[160];
                         snprintf(detail, sizeof(detail), "%s keys in %s%s: not even inspect, answered as an unknown key",
                                  verb, key_get_compartment(k) ? "compartment " : "tenancy", strempty(key_get_compartment(k)));
-                        (void) manager_audit(m, c, &(AuditRecord) {
-                                .event = "policy.denied", .operation = call_method(c),
-                                .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_get_id(k),
-                                .detail = detail });
+                        if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                                (void) manager_audit(m, c, &(AuditRecord) {
+                                        .event = "policy.denied", .operation = call_method(c),
+                                        .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = key_get_id(k),
+                                        .detail = detail });
                         key_free(k);
                         return reply_key_not_found(c, id, -ENOENT), -ENOENT;
                 }
@@ -221,9 +223,10 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
                          strerror(-r));
                 json_object *e = error_params(msg);
                 json_object_object_add(e, "reason", json_object_new_string(msg));
-                (void) manager_audit(m, c, &(AuditRecord) {
-                        .event = "key.import-failed", .operation = call_method(c), .result = CMEK_ERROR_IMPORT_FAILED,
-                        .detail = msg });
+                if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "key.import-failed", .operation = call_method(c), .result = CMEK_ERROR_IMPORT_FAILED,
+                                .detail = msg });
                 return call_error(c, CMEK_ERROR_IMPORT_FAILED, e);
         }
 }

@@ -128,9 +128,33 @@ static void audit(Manager *m, Call *c, const char *event, const char *result, co
 
 /* Looks the key up and checks "use" on it (in its compartment). Replies on failure. */
 static int authorize_key(Manager *m, Call *c, const char *key, const char *verb, KeyInfo *ret) {
-        int r = key_lookup(m, key, ret);
+        int r;
+
+        /* a caller that may not even inspect the key gets the unknown-key answer (no existence
+         * oracle); a caller no statement names gets it before any token access */
+        if (!manager_caller_has_any_grant(m, c)) {
+                if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "policy.denied", .operation = call_method(c),
+                                .result = CMEK_ERROR_PERMISSION_DENIED,
+                                .detail = "the caller holds no grant, answered as an unknown key" });
+                return reply_key_not_found(c, key, -ENOENT), -EACCES;
+        }
+        r = key_lookup(m, key, ret);
+        if (r == -ENOENT)
+                return reply_key_not_found(c, key, r), -EACCES;
         if (r < 0)
                 return reply_errno(c, r, NULL, key), -EACCES;
+        if (!manager_allowed(m, c, verb, "keys", ret->compartment, ret->id, NULL) &&
+            !manager_allowed(m, c, "inspect", "keys", ret->compartment, ret->id, NULL)) {
+                if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                        (void) manager_audit(m, c, &(AuditRecord) {
+                                .event = "policy.denied", .operation = call_method(c),
+                                .result = CMEK_ERROR_PERMISSION_DENIED, .key_id = ret->id,
+                                .detail = "not even inspect keys there, answered as an unknown key" });
+                key_info_done(ret);
+                return reply_key_not_found(c, key, -ENOENT), -EACCES;
+        }
         r = manager_authorize(m, c, verb, "keys", ret->compartment, ret->id, NULL);
         if (r < 0) {
                 key_info_done(ret);
@@ -392,9 +416,10 @@ static int reply_not_visible(Call *c, const char *dev) {
 }
 
 static void audit_hidden_denial(Manager *m, Call *c, const char *key_id, const char *uuid) {
-        (void) manager_audit(m, c, &(AuditRecord) {
-                .event = "policy.denied", .operation = call_method(c), .result = CMEK_ERROR_PERMISSION_DENIED,
-                .key_id = key_id, .volume = uuid, .detail = "not allowed to inspect the volume (told: not found)" });
+        if (manager_audit_denial_admit(m, call_caller(c), call_method(c)))
+                (void) manager_audit(m, c, &(AuditRecord) {
+                        .event = "policy.denied", .operation = call_method(c), .result = CMEK_ERROR_PERMISSION_DENIED,
+                        .key_id = key_id, .volume = uuid, .detail = "not allowed to inspect the volume (told: not found)" });
 }
 
 /* authorize_volume() for a registered volume named by a caller: one without "inspect volumes"

@@ -123,6 +123,10 @@ typedef struct AuditRecord {
  * cannot be written, the call's reply is turned into io.cmek.AuditUnavailable (a secret reply
  * is never sent) and the log is marked unavailable until a retry succeeds. */
 int manager_audit(Manager *m, Call *c, const AuditRecord *rec);
+
+/* io.cmek.KeyNotFound, one text for "no such key" and "a key the caller may not even inspect"
+ * (api-key.c): no existence oracle. r = -ENOTUNIQ says "several keys have this name". */
+int reply_key_not_found(Call *c, const char *key, int r);
 /* 0 if audited operations may run now (retries a failed log first), else -errno. */
 int manager_audit_ready(Manager *m);
 /* Replies io.cmek.AuditUnavailable saying which log cannot be written and what to do. */

@@ -129,6 +129,20 @@ rc2=0; as_user_ctl ckpnone key show Prod/nosuch >"$TEST_TMP/o2" 2>&1 || rc2=$?
 [ $rc1 -eq $rc2 ] && [ $rc1 -ne 0 ] || fail "key show exit codes: existing $rc1, unknown $rc2"
 cmp -s <(sed 's|Prod/prodkey|K|g' "$TEST_TMP/o1") <(sed 's|Prod/nosuch|K|g' "$TEST_TMP/o2") ||
     fail "key show texts differ: $(cat "$TEST_TMP/o1") / $(cat "$TEST_TMP/o2")"
+# Volume.Create / Bind name a key too: one answer for an existing Prod key and an unknown one
+# (ckpnone: no grant; ckpdev: no inspect on Prod), and nothing is created
+for u in ckpnone ckpdev; do
+    for meth in Create Bind; do
+        f=path; [ $meth = Create ] || f=device
+        a=$(raw_as $u "{\"method\":\"io.cmek.Volume.$meth\",\"parameters\":{\"$f\":\"/tmp/ckp-nonexistent.img\",\"key\":\"Prod/prodkey\",\"size\":16777216}}")
+        b=$(raw_as $u "{\"method\":\"io.cmek.Volume.$meth\",\"parameters\":{\"$f\":\"/tmp/ckp-nonexistent.img\",\"key\":\"Prod/prodkeyx\",\"size\":16777216}}")
+        [ "$(json_get "$a" error)" = io.cmek.KeyNotFound ] || fail "Volume.$meth with a Prod key by $u: $a"
+        [ "$(echo_masked "$a" Prod/prodkey)" = "$(echo_masked "$b" Prod/prodkeyx)" ] || fail "Volume.$meth: existing and unknown key answered differently for $u:
+  $a
+  $b"
+    done
+done
+[ ! -e /tmp/ckp-nonexistent.img ] || fail "a refused Volume.Create created its image"
 # ckpdev may not inspect Prod either: same answer as for an unknown key
 a=$(raw_as ckpdev '{"method":"io.cmek.Key.Show","parameters":{"key":"Prod/prodkey"}}')
 [ "$(json_get "$a" error)" = io.cmek.KeyNotFound ] || fail "Key.Show of a Prod key by ckpdev: $a"
