@@ -3,7 +3,7 @@
 # The audit log cannot be flooded (issue 13, finding 5): a real local user without any grant
 # makes 20,000 refused calls over 8 connections; the log grows by less than 64 KiB, the first
 # denials of each second have their own lines and the rest are in "count" lines whose counts add
-# up to every refused call; a refused call with a huge, control-character-laden field is
+# up to every refused call; a refused call with a huge field of characters JSON escapes is
 # recorded with the field cut and marked, not dropped; the chain verifies; root is served.
 . "${top_srcdir:-$(dirname "$0")/../..}/tests/lib.sh"
 need_root
@@ -15,7 +15,10 @@ chmod 755 "$TEST_TMP"
 cat >"$TEST_TMP/policy" <<P
 allow group root to manage all-resources in tenancy
 P
-start_cmekd "" --policy "$TEST_TMP/policy"
+# the per-uid request rate ([limits], 50/s without a grant) would throttle the flood before it
+# reaches the audit log: switched off here, so that the denial aggregation alone is what is tested
+printf '[limits]\nrequests-per-second-without-grant = 0\n' >"$TEST_TMP/cmekd.conf"
+start_cmekd "" --policy "$TEST_TMP/policy" --config "$TEST_TMP/cmekd.conf"
 cmekctl key create floodk --compartment prod >/dev/null
 K=$(key_id prod/floodk)
 IMG=$TEST_TMP/v.img
@@ -85,8 +88,10 @@ assert single + counted == 20000, (single, counted)
 print("single", single, "counted", counted)' "$UID_U" >"$TEST_TMP/out" || fail "denial lines do not account for every refused call"
 log "$(cat "$TEST_TMP/out")"
 
-log "a huge field full of control characters is cut and marked, never dropped"
-long=$(python3 -c 'print("\\u0001" * 10000 + "X" * 30000)')
+log "a huge field full of characters that JSON escapes is cut and marked, never dropped"
+# (control characters themselves are refused before authorization, see test-sec-hygiene.sh;
+# backslashes double in the log's JSON, which is what the cap counts)
+long=$(python3 -c 'print("\\\\" * 10000 + "X" * 30000)')
 size0=$(stat -c %s "$STATE/audit.log")
 sleep 1.1  # a fresh second: this denial gets its own line
 printf '%s\0' "{\"method\":\"io.cmek.Key.Create\",\"parameters\":{\"name\":\"k\",\"compartment\":\"$long\"}}" |
@@ -99,7 +104,7 @@ import json, sys
 e = json.loads(sys.stdin.read())
 assert e["event"] == "policy.denied" and e["operation"] == "io.cmek.Key.Create" and e["uid"] == int(sys.argv[1]), e
 # the caller-chosen compartment, where it is quoted, is cut and marked
-if "\x01" in e.get("detail", ""):
+if "\\" in e.get("detail", ""):
     assert "...[truncated " in e["detail"], e["detail"][-200:]
     assert len(e["detail"]) <= 1024 + 64, len(e["detail"])
 ' "$UID_U" || fail "the huge-field denial was not recorded as one capped line"
