@@ -158,9 +158,13 @@ install_token_plugin() {
 # exit. Names must be unique per test (tests run in parallel): use a per-test prefix.
 add_test_user() {
     need_cmd useradd userdel setpriv
-    userdel "$1" >/dev/null 2>&1 || true
+    # a previous run that died may have left the account, and processes of it (userdel refuses then)
+    if id -u "$1" >/dev/null 2>&1; then
+        pkill -KILL -u "$1" 2>/dev/null || true; sleep 0.2
+        userdel "$1" >/dev/null 2>&1 || true; groupdel "$1" >/dev/null 2>&1 || true
+    fi
     useradd --system --no-create-home --shell /usr/sbin/nologin --user-group "$1" || fail "useradd $1"
-    on_exit "userdel '$1' >/dev/null 2>&1 || true; groupdel '$1' >/dev/null 2>&1 || true"
+    on_exit "pkill -KILL -u '$1' 2>/dev/null; sleep 0.2; userdel '$1' >/dev/null 2>&1 || true; groupdel '$1' >/dev/null 2>&1 || true"
 }
 # as_user NAME CMD...: CMD with NAME's uid, primary group and supplementary groups, no capabilities
 as_user() { local u=$1; shift; setpriv --reuid="$u" --regid="$u" --init-groups --inh-caps=-all --bounding-set=-all -- "$@"; }
