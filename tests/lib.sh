@@ -138,12 +138,22 @@ if [ "${CMEK_BUILD_FLAVOR:-}" = asan ]; then
     export CMEK_SAN_PRELOAD
 fi
 
+# system_lock NAME: hold a machine-wide lock until the test exits, for what all build trees share
+# (the token plugin directory, local accounts). Waits up to 15 minutes.
+system_lock() {
+    local fd
+    exec {fd}>"/run/lock/cmek-test-$1.lock" || fail "cannot open the lock for $1"
+    flock -w 900 "$fd" || fail "waited 15 minutes for another test run holding '$1'"
+}
+
 # install_token_plugin: libcryptsetup loads token plugins only from its compiled-in directory, so
 # put this build's plugin there for the test's duration (the previous file is put back at exit).
 # Sets PLUGIN and TOKENDIR; skips when there is no plugin or no plugin support.
 install_token_plugin() {
     PLUGIN="$top_builddir/tools/.libs/libcryptsetup-token-cmek.so"
     [ -f "$PLUGIN" ] || skip "plugin not built"
+    # one directory for the whole machine: tests of other build trees wait until this one is done
+    system_lock token-plugin
     TOKENDIR=$(command cryptsetup --help | sed -n 's/^LUKS2 external token plugin path: *\(.*\)\.$/\1/p')
     [ -n "$TOKENDIR" ] && [ -d "$TOKENDIR" ] || skip "this cryptsetup loads no external token plugins"
     if ! cmp -s "$PLUGIN" "$TOKENDIR/libcryptsetup-token-cmek.so"; then
@@ -158,6 +168,8 @@ install_token_plugin() {
 # exit. Names must be unique per test (tests run in parallel): use a per-test prefix.
 add_test_user() {
     need_cmd useradd userdel setpriv
+    # the same name in another build tree's run would kill this run's processes: wait for it
+    system_lock "user-$1"
     # a previous run that died may have left the account, and processes of it (userdel refuses then)
     if id -u "$1" >/dev/null 2>&1; then
         pkill -KILL -u "$1" 2>/dev/null || true; sleep 0.2
