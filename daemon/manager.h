@@ -10,6 +10,7 @@
 
 #include "cmek-protocol.h"
 #include "cmek-util.h"
+#include "dm.h"
 
 typedef struct Manager Manager;
 typedef struct Call Call;
@@ -46,6 +47,7 @@ struct Manager {
         VaultSet *vaults;
         KeyStore *keys;
         VolumeRegistry *volumes;
+        DmCache dm;                     /* the device-mapper scan caches (daemon/dm.h) */
 
         struct {
                 uint64_t wrap, wrap_errors, unwrap, unwrap_errors;

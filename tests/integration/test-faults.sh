@@ -14,7 +14,8 @@
 log "static check: write sites vs fault points"
 WRITES='crypt_token_json_set|crypt_keyslot_add_by_[a-z_]*\(|crypt_keyslot_destroy|C_CreateObject|C_DestroyObject|C_GenerateKey\(|C_UnwrapKey|cmek_write_file_atomic\(|write\(a->fd'
 # FILE WRITE_SITES: reviewed; each of these files has fault points on its write paths
-reviewed="daemon/volume.c:16 daemon/vault.c:12 daemon/key.c:1 lib/cmek-audit.c:1 lib/cmek-util.c:1 daemon/metrics.c:1"
+# (daemon/volume.c:16 until it was split: 15 sites were left in it, now counted per file exactly.)
+reviewed="daemon/volume.c:7 daemon/luks2.c:5 daemon/enforce.c:2 daemon/volume-registry.c:1 daemon/vault.c:12 daemon/key.c:1 lib/cmek-audit.c:1 lib/cmek-util.c:1 daemon/metrics.c:1"
 bad=0
 for f in $(cd "$top_srcdir" && grep -lE "$WRITES" daemon/*.c lib/*.c); do
     sites=$(grep -cE "$WRITES" "$top_srcdir/$f" || true)
@@ -25,7 +26,9 @@ for f in $(cd "$top_srcdir" && grep -lE "$WRITES" daemon/*.c lib/*.c); do
         log "$f: $sites write sites, $points fault points: not reviewed (add fault points, then add it to the table)"; bad=1
     elif [ "$sites" -gt "$want" ]; then
         log "$f: $sites write sites, $want reviewed: a new write site needs a cmek_fault() point"; bad=1
-    elif [ "$points" -eq 0 ] && [ "$f" != daemon/metrics.c ] && [ "$f" != lib/cmek-util.c ]; then
+    # metrics.c and volume-registry.c write only through cmek_write_file_atomic(), whose
+    # fault point is the chokepoint checked below
+    elif [ "$points" -eq 0 ] && [ "$f" != daemon/metrics.c ] && [ "$f" != daemon/volume-registry.c ] && [ "$f" != lib/cmek-util.c ]; then
         log "$f: no fault point"; bad=1
     fi
 done
