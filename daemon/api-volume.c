@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <unistd.h>
 #include <libcryptsetup.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -163,41 +163,18 @@ static int authorize_key(Manager *m, Call *c, const char *key, const char *verb,
         return 0;
 }
 
-/* A base64 secret parameter, decoded into locked memory; the JSON copy is wiped. */
+/* A base64 secret parameter (at most 12 KiB), decoded into locked memory; the JSON copy is wiped.
+ * 0 if absent or null, 1 if decoded. */
 static int get_secret(json_object *params, const char *name, void **ret, size_t *ret_size) {
         json_object *v;
-        const char *s;
-        size_t len;
-        unsigned char *buf;
-        int n;
+        int r;
 
         *ret = NULL;
         *ret_size = 0;
         if (!json_object_object_get_ex(params, name, &v) || json_object_is_type(v, json_type_null))
                 return 0;
-        if (!json_object_is_type(v, json_type_string))
-                return -EINVAL;
-        s = json_object_get_string(v);
-        len = strlen(s);
-        if (len == 0 || len % 4 != 0 || len > 16384) {
-                cmek_json_wipe_string(v);
-                return -EINVAL;
-        }
-        buf = cmek_secure_alloc(len / 4 * 3 + 1);
-        if (!buf)
-                return -ENOMEM;
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        /* EVP_DecodeBlock counts padding as zero bytes: drop them (before wiping the text) */
-        if (n >= 0 && s[len - 1] == '=')
-                n -= s[len - 2] == '=' ? 2 : 1;
-        cmek_json_wipe_string(v);
-        if (n < 0) {
-                cmek_secure_free(buf);
-                return -EINVAL;
-        }
-        *ret = buf;
-        *ret_size = (size_t) n;
-        return 1;
+        r = cmek_base64_decode_secret(v, 12288, ret, ret_size);
+        return r < 0 ? r : 1;
 }
 
 static int invalid(Call *c, const char *msg) {

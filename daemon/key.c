@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "cmek-base64.h"
 #include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-secmem.h"
@@ -623,30 +624,6 @@ static int key_new_id(const char *compartment, char **ret) {
         return asprintf(ret, KEY_ID_PREFIX "%s.%s", compartment, s) < 0 ? -ENOMEM : 0;
 }
 
-static char *b64_encode(const void *p, size_t n) {
-        char *s = malloc(4 * ((n + 2) / 3) + 1);
-        if (s)
-                EVP_EncodeBlock((unsigned char *) s, p, (int) n);
-        return s;
-}
-
-/* Decodes into buf (at least 3/4 of strlen(s)); returns the size or -EBADMSG. */
-static ssize_t b64_decode(const char *s, uint8_t *buf, size_t max) {
-        size_t n = strlen(s);
-        int k;
-
-        if (n % 4 != 0 || n / 4 * 3 > max)
-                return -EBADMSG;
-        k = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) n);
-        if (k < 0)
-                return -EBADMSG;
-        if (n > 0 && s[n - 1] == '=')
-                k--;
-        if (n > 1 && s[n - 2] == '=')
-                k--;
-        return k;
-}
-
 /* software mode: the material is sealed with AES-GCM by a non-extractable token key. */
 static int seal_key_handle(Vault *v, bool create, CK_OBJECT_HANDLE *ret) {
         int r = vault_secret_find(v, SEAL_KEY_LABEL, ret);
@@ -686,7 +663,7 @@ static int key_new_version(Key *k, unsigned version, unsigned bytes, const KeyCr
                 memcpy(blob, iv, 12);
                 memcpy(blob + 12, ct, bytes);
                 memcpy(blob + 12 + bytes, tag, 16);
-                _cleanup_free_ char *s = b64_encode(blob, 12 + bytes + 16);
+                _cleanup_free_ char *s = cmek_base64_encode(blob, 12 + bytes + 16);
                 json_object_object_add(e, "sealed", s ? json_object_new_string(s) : NULL);
         } else {
                 if (import)
@@ -1223,7 +1200,7 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
                 void *pt = NULL;
                 if (!sealed)
                         return -ENOKEY;
-                n = b64_decode(sealed, blob, sizeof(blob));
+                n = cmek_base64_decode_to(sealed, blob, sizeof(blob));
                 if (n < 12 + 16 + 16)
                         return -EBADMSG;
                 r = seal_key_handle(k->vault, false, &seal);

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <libcryptsetup.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
 #include "cmek-protocol.h"
 #include "cmek-secmem.h"
 #include "cmek-token.h"
@@ -39,32 +39,23 @@ static int error_to_errno(const char *error) {
 }
 
 static int decode_secret(json_object *reply, char **ret, size_t *ret_size) {
-        json_object *v;
-        const char *s;
-        size_t len;
-        unsigned char *buf;
-        int n;
+        json_object *v = NULL;
+        void *buf;
+        size_t n;
+        int r;
 
-        if (!json_object_object_get_ex(reply, "secret", &v) || !json_object_is_type(v, json_type_string))
+        if (!json_object_object_get_ex(reply, "secret", &v))
                 return -EBADMSG;
-        s = json_object_get_string(v);
-        len = strlen(s);
-        if (len != 4 * ((CMEK_DEK_SIZE + 2) / 3)) {
-                cmek_json_wipe_string(v);
+        r = cmek_base64_decode_secret(v, CMEK_DEK_SIZE, &buf, &n);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
                 return -EBADMSG;
-        }
-        buf = cmek_secure_alloc(len / 4 * 3);
-        if (!buf) {
-                cmek_json_wipe_string(v);
-                return -ENOMEM;
-        }
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        cmek_json_wipe_string(v);
-        if (n != (int) (len / 4 * 3)) {
+        if (n != CMEK_DEK_SIZE) {
                 cmek_secure_free(buf);
                 return -EBADMSG;
         }
-        *ret = (char *) buf;
+        *ret = buf;
         *ret_size = CMEK_DEK_SIZE;
         return 0;
 }
