@@ -3,6 +3,7 @@
 #include <stdio.h>
 
 #include "cmek-base64.h"
+#include "cmek-errors.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -426,15 +427,13 @@ static ssize_t param_b64(json_object *params, const char *name, uint8_t *buf, si
         return cmek_base64_decode_to(cmek_json_get_string(params, name), buf, max);
 }
 
+/* The refusals of key_encrypt()/key_decrypt() (key.h), named by the error table. */
 static int reply_use_error(Call *c, const char *key, int r) {
-        const char *e = r == -EKEYREVOKED ? CMEK_ERROR_KEY_DISABLED : r == -EKEYEXPIRED ? CMEK_ERROR_KEY_PENDING_DELETION :
-                r == -ENOKEY ? CMEK_ERROR_KEY_DELETED : r == -ENOENT ? CMEK_ERROR_KEY_NOT_FOUND :
-                r == -EBADMSG ? CMEK_ERROR_UNWRAP_FAILED : NULL;
-        if (!e)
+        if (r != -EKEYREVOKED && r != -EKEYEXPIRED && r != -ENOKEY && r != -ENOENT && r != -EBADMSG)
                 return r;
         json_object *p = error_params(strerror(-r));
         json_object_object_add(p, "key", json_object_new_string(key));
-        return call_error(c, e, p);
+        return call_error(c, cmek_error_from_errno(r, /* with_key= */ true, NULL)->name, p);
 }
 
 /* Test-only: key_encrypt/key_decrypt as the volume code calls them. */

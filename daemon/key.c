@@ -1167,19 +1167,6 @@ static int on_schedule_timer(sd_event_source *s, uint64_t usec, void *userdata) 
 
 /* --- use --- */
 
-static int key_refusal(KeyState s) {
-        switch (s) {
-        case KEY_STATE_ENABLED:
-                return 0;
-        case KEY_STATE_DISABLED:
-                return -EKEYREVOKED;
-        case KEY_STATE_PENDING_DELETION:
-                return -EKEYEXPIRED;
-        default:
-                return -ENOKEY;
-        }
-}
-
 /* Checks that the version may be used; its unsealed material (software), or for encryption its
  * token object, CKA_ENCRYPT checked (ret_h: for encryption only; decryption goes by label). */
 static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OBJECT_HANDLE *ret_h, uint8_t **ret_material,
@@ -1279,7 +1266,7 @@ static int key_encrypt_internal(Manager *m, const char *key_id, unsigned version
         r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
-        r = key_refusal(key_get_state(k));
+        r = key_state_to_errno(key_get_state(k));
         if (r < 0)
                 return r;
         current = (unsigned) meta_u64(k, "current_version");
@@ -1316,7 +1303,7 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
-        r = key_refusal(key_get_state(k));
+        r = key_state_to_errno(key_get_state(k));
         if (r < 0)
                 return r;
         if (version == 0)

@@ -8,6 +8,7 @@
 #include <json-c/json.h>
 
 #include "cmek-base64.h"
+#include "cmek-errors.h"
 #include "cmek-protocol.h"
 #include "cmek-secmem.h"
 #include "cmek-token.h"
@@ -27,16 +28,6 @@ _public_ void cryptsetup_token_buffer_free(void *buffer, size_t buffer_len);
 _public_ int cryptsetup_token_validate(struct crypt_device *cd, const char *json);
 _public_ void cryptsetup_token_dump(struct crypt_device *cd, const char *json);
 _public_ const char *cryptsetup_token_version(void);
-
-/* Maps a cmekd error to what libcryptsetup expects. -EAGAIN: the key source is absent for now
- * (the broker is not running); -EPERM: this token cannot open the volume (key disabled,
- * deleted, access denied, wrong volume). Both let libcryptsetup try the next token and the
- * cryptsetup CLI fall back to a passphrase prompt (unless --token-only). */
-static int error_to_errno(const char *error) {
-        if (streq(error, CMEK_ERROR_VAULT_UNAVAILABLE) || streq(error, CMEK_ERROR_BUSY))
-                return -EAGAIN;
-        return -EPERM;
-}
 
 static int decode_secret(json_object *reply, char **ret, size_t *ret_size) {
         json_object *v = NULL;
@@ -136,7 +127,7 @@ _public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **bu
                 else
                         crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd refused to unwrap (key %s): %s%s%s",
                                    t.key_id, error, msg ? ": " : "", msg ?: "");
-                r = error_to_errno(error);
+                r = cmek_error_from_name(error)->plugin_errno; /* lib/cmek-errors.c */
                 goto out;
         }
         r = decode_secret(reply, buffer, buffer_len);
