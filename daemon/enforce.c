@@ -2,7 +2,8 @@
 /* Enforcement: when a key stops being ENABLED, the mappings of its volumes are locked (suspended
  * with the volume key wiped, or closed), found from the registry and from the kernel; a deleted
  * key shreds its volumes; restore undoes a lock; the watch re-reads the keys of bound volumes;
- * re-wrap after a rotation; the volume events and their availability; the [enforcement] config. */
+ * re-wrap after a rotation; the volume events and their availability; [enforcement] of the
+ * configuration applied (volumes_apply_config). */
 #include <stdio.h>
 #include <libcryptsetup.h>
 
@@ -10,6 +11,7 @@
 #include "cmek-log.h"
 #include "cmek-secmem.h"
 #include "cmek-util.h"
+#include "config.h"
 #include "dm.h"
 #include "enforce.h"
 #include "key.h"
@@ -723,58 +725,22 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         manager_event(m, "rewrap.completed", d);
 }
 
-/* The [enforcement] section of cmekd.conf; other sections belong to other modules. */
-static int enforcement_parse_config(Manager *m) {
+/* [enforcement] of m->config (NULL: the defaults), at start and after a reload: a new interval
+ * starts with the next tick, a new on-disable with the next key turned off. */
+void volumes_apply_config(Manager *m) {
         VolumeRegistry *reg = m->volumes;
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        unsigned lineno = 0;
-        bool in = false;
+        uint64_t usec = m->config ? m->config->watch_usec : WATCH_INTERVAL_DEFAULT_USEC;
 
-        if (!m->config_path)
-                return 0;
-        f = fopen(m->config_path, "re");
-        if (!f)
-                return errno == ENOENT ? 0 : log_warning_errno(errno, "Cannot read '%s', ignoring: %m", m->config_path);
-        while (getline(&line, &alloc, f) >= 0) {
-                char key[64], value[128];
-                lineno++;
-                line[strcspn(line, "\n")] = 0;
-                if (sscanf(line, " [%63[^]]]", key) == 1) {
-                        in = streq(key, "enforcement");
-                        continue;
-                }
-                if (!in || sscanf(line, " %63[^=# \t] = %127s", key, value) != 2)
-                        continue;
-                if (streq(key, "on-disable")) {
-                        OnDisable o = on_disable_from_string(value);
-                        if (o < 0)
-                                log_warning("%s:%u: on-disable is 'suspend' or 'close', not '%s', ignoring.",
-                                            m->config_path, lineno, value);
-                        else
-                                reg->on_disable = o;
-                } else if (streq(key, "watch-interval")) {
-                        char *end;
-                        double sec = strtod(value, &end);
-                        if (*end || !(sec >= 0.1 && sec <= 3600))
-                                log_warning("%s:%u: watch-interval is seconds between 0.1 and 3600, not '%s', ignoring.",
-                                            m->config_path, lineno, value);
-                        else
-                                reg->watch_usec = (uint64_t) (sec * 1e6);
-                } else
-                        log_warning("%s:%u: unknown setting '%s' in [enforcement], ignoring.", m->config_path, lineno, key);
+        if (!reg)
+                return;
+        reg->on_disable = m->config && m->config->on_disable == CONFIG_ON_DISABLE_CLOSE ? ON_DISABLE_CLOSE : ON_DISABLE_SUSPEND;
+        if (usec == reg->watch_usec)
+                return;
+        reg->watch_usec = usec;
+        if (reg->watch) {
+                (void) sd_event_source_set_time_relative(reg->watch, usec);
+                (void) sd_event_source_set_time_accuracy(reg->watch, usec / 20);
         }
-        return 0;
-}
-
-/* Before the registry is loaded: the defaults, then the [enforcement] section. */
-void enforce_configure(Manager *m) {
-        VolumeRegistry *reg = m->volumes;
-
-        reg->on_disable = ON_DISABLE_SUSPEND;
-        reg->watch_usec = WATCH_INTERVAL_DEFAULT_USEC;
-        (void) enforcement_parse_config(m);
 }
 
 /* After the registry is loaded and its intents resolved: the shreds a start owes, the locks a key

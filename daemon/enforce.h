@@ -5,8 +5,7 @@
 
 #include "volume.h"
 
-/* volumes_init(): before the registry is loaded / after it is loaded and its intents resolved */
-void enforce_configure(Manager *m);
+/* volumes_init(): after the registry is loaded and its intents resolved */
 int enforce_start(Manager *m);
 /* volumes_done(): disarms the watch */
 void enforce_stop(Manager *m);

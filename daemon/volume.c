@@ -202,18 +202,9 @@ int lookup_key(Manager *m, const char *key_id, KeyInfo *ret) {
         int r = key_lookup(m, key_id, ret);
         if (r < 0)
                 return r;
-        switch (ret->state) {
-        case KEY_STATE_ENABLED:
+        r = key_state_to_errno(ret->state);
+        if (r == 0)
                 return 0;
-        case KEY_STATE_DISABLED:
-                r = -EKEYREVOKED;
-                break;
-        case KEY_STATE_PENDING_DELETION:
-                r = -EKEYEXPIRED;
-                break;
-        default:
-                r = -ENOKEY;
-        }
         key_info_done(ret);
         return r;
 }
@@ -866,7 +857,7 @@ int volumes_init(Manager *m) {
         r = volume_registry_new(m);
         if (r < 0)
                 return r;
-        enforce_configure(m);
+        volumes_apply_config(m);
         r = registry_load(m);
         if (r < 0)
                 return r;
