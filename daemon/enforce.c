@@ -192,6 +192,16 @@ static void kernel_keys_collect(Manager *m, char ***ids, size_t *n) {
         }
 }
 
+void volume_clear_lock(Volume *v) {
+        v->lock = VOLUME_LOCK_NONE;
+        v->suspended = false;
+        v->locked_usec = 0;
+        free(v->restore_name);
+        v->restore_name = NULL;
+        free(v->lock_reason);
+        v->lock_reason = NULL;
+}
+
 static void volume_set_locked(Volume *v, VolumeLock lock) {
         v->lock = lock;
         v->suspended = lock == VOLUME_LOCK_SUSPENDED;
@@ -595,13 +605,7 @@ int volume_restore(Manager *m, Volume *v) {
                 if (r < 0)
                         return r;
         }
-        v->lock = VOLUME_LOCK_NONE;
-        v->suspended = false;
-        v->locked_usec = 0;
-        free(v->restore_name);
-        v->restore_name = NULL;
-        free(v->lock_reason);
-        v->lock_reason = NULL;
+        volume_clear_lock(v);
         return volume_registry_save(m);
 }
 
@@ -671,6 +675,18 @@ void volume_event(Manager *m, const char *type, Volume *v, const char *key_state
         manager_event(m, type, d);
 }
 
+/* The fields rewrap.started and rewrap.completed share. */
+static json_object *rewrap_event_new(const char *key_id, unsigned new_version, unsigned total) {
+        json_object *d = json_object_new_object();
+
+        json_object_object_add(d, "key_id", json_object_new_string(key_id));
+        json_object_object_add(d, "key_state", json_object_new_string("ENABLED"));
+        json_object_object_add(d, "version", json_object_new_int64(new_version));
+        json_object_object_add(d, "trigger", json_object_new_string("rotation"));
+        json_object_object_add(d, "total", json_object_new_int64(total));
+        return d;
+}
+
 void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         VolumeRegistry *reg = m->volumes;
         unsigned n[_REWRAP_RESULT_MAX] = {};
@@ -685,12 +701,7 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         (void) manager_audit(m, NULL, &rec);
         for (size_t i = 0; i < reg->n; i++)
                 total += streq_ptr(reg->volumes[i]->key_id, key_id) && reg->volumes[i]->state == VOLUME_BOUND;
-        d = json_object_new_object();
-        json_object_object_add(d, "key_id", json_object_new_string(key_id));
-        json_object_object_add(d, "key_state", json_object_new_string("ENABLED"));
-        json_object_object_add(d, "version", json_object_new_int64(new_version));
-        json_object_object_add(d, "trigger", json_object_new_string("rotation"));
-        json_object_object_add(d, "total", json_object_new_int64(total));
+        d = rewrap_event_new(key_id, new_version, total);
         manager_event(m, "rewrap.started", d);
         volume_registry_defer_save(m);
         for (size_t i = 0; i < reg->n; i++) {
@@ -714,12 +725,7 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         rec.detail = detail;
         (void) manager_audit(m, NULL, &rec);
         log_info("Key %s rotated: %s.", key_id, detail);
-        d = json_object_new_object();
-        json_object_object_add(d, "key_id", json_object_new_string(key_id));
-        json_object_object_add(d, "key_state", json_object_new_string("ENABLED"));
-        json_object_object_add(d, "version", json_object_new_int64(new_version));
-        json_object_object_add(d, "trigger", json_object_new_string("rotation"));
-        json_object_object_add(d, "total", json_object_new_int64(total));
+        d = rewrap_event_new(key_id, new_version, total);
         for (RewrapResult k = 0; k < _REWRAP_RESULT_MAX; k++)
                 json_object_object_add(d, rewrap_result_to_string(k), json_object_new_int64(n[k]));
         manager_event(m, "rewrap.completed", d);

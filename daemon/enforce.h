@@ -13,6 +13,8 @@ void enforce_stop(Manager *m);
 /* A bound volume opened outside cmekd (at boot through crypttab and the token plugin, by udev,
  * by hand) is enforced like one cmekd opened: its mapping is adopted. 1 when adopted. */
 int volume_adopt_mapping(Manager *m, Volume *v);
+/* Forgets what enforcement did to v (an explicit unlock, a restore): no lock, no reason. */
+void volume_clear_lock(Volume *v);
 /* AVAILABLE, UNAVAILABLE (with why) or UNRECOVERABLE. */
 const char *volume_availability(const Volume *v, const char *key_state, char **ret_reason);
 

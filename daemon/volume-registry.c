@@ -73,16 +73,15 @@ int set_str(char **p, const char *s) {
 Volume *volume_find(Manager *m, const char *s) {
         VolumeRegistry *reg = m->volumes;
 
+        Volume *v;
+
         if (!reg || !s)
                 return NULL;
         /* UUID first, then path, then mapping name: a mapping named like another volume's UUID
          * (or path) never shadows that volume */
-        for (size_t i = 0; i < reg->n; i++)
-                if (streq(reg->volumes[i]->uuid, s))
-                        return reg->volumes[i];
-        for (size_t i = 0; i < reg->n; i++)
-                if (streq_ptr(reg->volumes[i]->path, s))
-                        return reg->volumes[i];
+        v = volume_find_uuid(m, s) ?: volume_find_path(m, s);
+        if (v)
+                return v;
         for (size_t i = 0; i < reg->n; i++)
                 if (streq_ptr(reg->volumes[i]->mapping, s))
                         return reg->volumes[i];

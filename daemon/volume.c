@@ -515,13 +515,7 @@ int volume_activate(Manager *m, Volume *v, const char *name) {
         if (r >= 0 && name) {
                 r = set_str(&v->mapping, name);
                 /* an explicit unlock is asking for it, like restore */
-                v->suspended = false;
-                v->lock = VOLUME_LOCK_NONE;
-                v->locked_usec = 0;
-                free(v->restore_name);
-                v->restore_name = NULL;
-                free(v->lock_reason);
-                v->lock_reason = NULL;
+                volume_clear_lock(v);
                 if (r >= 0)
                         r = volume_registry_save(m);
         }
