@@ -4,9 +4,15 @@
 
 #include "cmek-log.h"
 #include "manager.h"
+#include "policy.h"
 
-extern const Interface interface_varlink_service; /* org.varlink.service */
-extern const Interface interface_events;          /* io.cmek.Events */
+#define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
+#define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
+#define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
+#define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
+
+extern const Interface interface_varlink_service; /* org.varlink.service: daemon/api-varlink.c */
+extern const Interface interface_events;          /* io.cmek.Events: daemon/events.c */
 #include "modules.h"                               /* DAEMON_EXTRA_INTERFACES, module hooks */
 
 int server_listen(Manager *m, int fd);
@@ -15,8 +21,17 @@ void server_done(Manager *m);
 int send_json_error(Connection *c, const char *error, const char *message);
 const Interface *const *manager_interfaces(size_t *ret_n);
 
+/* daemon/manager.c */
+int manager_new(Manager **ret);                 /* defaults only; the command line fills in the rest */
+int manager_startup(Manager *m);                /* state dir, policy, audit, loop, modules, sockets */
+Manager *manager_free(Manager *m);              /* tears down all of it, also after a failed startup */
 int manager_load_policy(Manager *m, bool reload);
+PolicyRequest manager_policy_request(const Caller *caller, PolicyVerb verb, const char *resource_type,
+                                     const char *compartment, const char *key_id, const char *volume_id);
+
+/* daemon/events.c (emission: manager_event() and friends in key.h) */
 void events_done(Manager *m);
+/* daemon/events-hooks.c */
 /* Runs the executables in the hooks directory for one event (never blocks the caller). */
 void events_run_hooks(Manager *m, json_object *event);
 void events_hooks_done(void);

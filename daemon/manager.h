@@ -19,6 +19,7 @@ typedef struct CmekAudit CmekAudit;     /* lib/cmek-audit.h */
 typedef struct VaultSet VaultSet;       /* daemon/vault.h */
 typedef struct KeyStore KeyStore;       /* daemon/key.h */
 typedef struct VolumeRegistry VolumeRegistry; /* daemon/volume.h */
+typedef struct Subscriber Subscriber;   /* daemon/events.c */
 
 /* Who is calling, from SO_PEERCRED (+ supplementary groups from /proc or getgrouplist). */
 typedef struct Caller {
@@ -56,6 +57,14 @@ struct Manager {
         unsigned n_connections;
         uint64_t start_usec;
         unsigned n_listen_fds;
+
+        /* events (daemon/events.c): live io.cmek.Events subscriptions, and the events held
+         * while a key state change is in progress (n_holds nested holds) */
+        struct {
+                Subscriber *subscribers;
+                unsigned n_holds;
+                json_object *held;      /* array, in order */
+        } events;
 };
 
 /* A method: reply through the call_* functions exactly once (call_reply_more any number
@@ -133,7 +142,7 @@ int manager_audit_ready(Manager *m);
 int manager_audit_refuse(Manager *m, Call *c);
 /* The group commit's fdatasync() failed. */
 void manager_audit_failed(Manager *m, int error);
-/* Writes the denials still counted (api-service.c aggregates them per uid and second). */
+/* Writes the denials still counted (audit-glue.c aggregates them per uid and second). */
 void manager_audit_flush_denials(Manager *m);
 /* Drops queued AuditShow/AuditVerify jobs (their worker thread runs off the loop). */
 void manager_audit_jobs_done(Manager *m);
@@ -141,4 +150,4 @@ void manager_audit_jobs_done(Manager *m);
 void call_set_audit_failed(Call *c);
 
 /* Every interface the daemon serves; defined in api-*.c files, listed in server.c. */
-extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* */
+extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* (api-service.c) */
