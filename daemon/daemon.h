@@ -11,9 +11,15 @@
 #define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
 #define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
 
+/* The interfaces the daemon serves, listed in interfaces[] in server.c (interface_service: manager.h) */
 extern const Interface interface_varlink_service; /* org.varlink.service: daemon/api-varlink.c */
 extern const Interface interface_events;          /* io.cmek.Events: daemon/events.c */
-#include "modules.h"                               /* DAEMON_EXTRA_INTERFACES, module hooks */
+extern const Interface interface_vault;           /* io.cmek.Vault: daemon/api-key.c */
+extern const Interface interface_key;             /* io.cmek.Key: daemon/api-key.c */
+extern const Interface interface_volume;          /* io.cmek.Volume: daemon/api-volume.c */
+extern const Interface interface_metrics;         /* io.cmek.Metrics: daemon/metrics.c */
+
+#include "modules.h"                               /* module start/stop and key-change hooks */
 
 int server_listen(Manager *m, int fd);
 int server_bind(Manager *m, const char *path);
@@ -29,12 +35,13 @@ int manager_load_policy(Manager *m, bool reload);
 PolicyRequest manager_policy_request(const Caller *caller, PolicyVerb verb, const char *resource_type,
                                      const char *compartment, const char *key_id, const char *volume_id);
 
-/* daemon/events.c (emission: manager_event() and friends in key.h) */
+/* daemon/events.c (manager_event() is in key.h) */
+extern const KeyHooks events_key_hooks;         /* m->key_hooks: key changes become events */
 void events_done(Manager *m);
 /* daemon/events-hooks.c */
 /* Runs the executables in the hooks directory for one event (never blocks the caller). */
 void events_run_hooks(Manager *m, json_object *event);
-void events_hooks_done(void);
+void events_hooks_done(Manager *m);
 
 /* daemon/metrics.c */
 int metrics_init(Manager *m);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Events: emission to subscribers (io.cmek.Events) and hooks, held while a key state change is
- * in progress; the key layer's state changes become events here. Hooks: daemon/events-hooks.c. */
+ * in progress; the key layer's state changes (events_key_hooks) become events here and are
+ * passed on to the modules. Hook processes: daemon/events-hooks.c. */
 #include "cmek-varlink.h"
 #include "daemon.h"
 #include "key.h"
@@ -47,7 +48,7 @@ static json_object *event_new(const char *type, json_object *data) {
 
 /* While held (a key state change in progress), events wait in order and go out on release:
  * the volumes are locked first, yet consumers see "key.disabled" before its "volume.locked". */
-void manager_events_hold(Manager *m) {
+static void events_hold(Manager *m) {
         m->events.n_holds++;
 }
 
@@ -81,7 +82,7 @@ static void events_release_with(Manager *m, json_object *first) {
         metrics_update(m);
 }
 
-void manager_events_release(Manager *m) {
+static void events_release(Manager *m) {
         events_release_with(m, NULL);
 }
 
@@ -102,7 +103,7 @@ void manager_event(Manager *m, const char *type, json_object *data) {
 void events_done(Manager *m) {
         json_object_put(TAKE_PTR(m->events.held));
         m->events.n_holds = 0;
-        events_hooks_done();
+        events_hooks_done(m);
         while (m->events.subscribers) {
                 Subscriber *s = m->events.subscribers;
                 m->events.subscribers = s->next;
@@ -111,7 +112,7 @@ void events_done(Manager *m) {
         }
 }
 
-void manager_key_state_changed(Manager *m, const char *key_id, KeyState old_state, KeyState new_state) {
+static void key_state_changed(Manager *m, const char *key_id, KeyState old_state, KeyState new_state) {
         static const char *const names[_KEY_STATE_MAX] = {
                 [KEY_STATE_ENABLED] = "key.enabled",
                 [KEY_STATE_DISABLED] = "key.disabled",
@@ -130,18 +131,30 @@ void manager_key_state_changed(Manager *m, const char *key_id, KeyState old_stat
                 json_object_put(d);
         /* tell the volume module first: locking must not wait for event consumers; its events
          * (volume.locked, volume.unrecoverable) follow the key's own */
-        manager_events_hold(m);
+        events_hold(m);
         modules_key_state_changed(m, key_id, old_state, new_state);
         events_release_with(m, ev);
 }
 
-void manager_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
+static void key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         json_object *d = json_object_new_object();
         json_object_object_add(d, "key_id", json_object_new_string(key_id));
         json_object_object_add(d, "version", json_object_new_int64(new_version));
         manager_event(m, "key.rotated", d);
         modules_key_rotated(m, key_id, new_version);
 }
+
+static void key_turning_off(Manager *m, const char *key_id, KeyState old_state, KeyState new_state) {
+        modules_key_state_changed(m, key_id, old_state, new_state);
+}
+
+const KeyHooks events_key_hooks = {
+        .state_changed = key_state_changed,
+        .turning_off = key_turning_off,
+        .rotated = key_rotated,
+        .hold = events_hold,
+        .release = events_release,
+};
 
 /* ---- io.cmek.Events ---- */
 

@@ -21,6 +21,7 @@ int manager_new(Manager **ret) {
                 return -ENOMEM;
         m->state_dir = strdup(DEFAULT_STATE_DIR);
         m->hooks_dir = strdup(DEFAULT_HOOKS_DIR);
+        m->key_hooks = &events_key_hooks;
         if (!m->state_dir || !m->hooks_dir) {
                 manager_free(m);
                 return -ENOMEM;
@@ -37,6 +38,7 @@ Manager *manager_free(Manager *m) {
         events_done(m);
         modules_done(m);
         cmek_audit_close(m->audit);
+        free(m->audit_glue.denials);
         policy_free(m->policy);
         sd_event_unref(m->event);
         free(m->state_dir);

@@ -11,7 +11,12 @@
 bool arg_json = false;
 const char *arg_socket = NULL;
 
-static const Verb *const verb_tables[] = { service_verbs, CTL_EXTRA_VERB_TABLES NULL };
+static const Verb *const verb_tables[] = {
+        service_verbs,
+        key_verbs,
+        volume_verbs,
+        NULL,
+};
 
 int ctl_exit_code_for_error(const char *e) {
         static const struct { const char *error; int code; } map[] = {
