@@ -9,6 +9,7 @@
 
 #include "cmek-audit.h"
 #include "cmek-varlink.h"
+#include "config.h"
 #include "daemon.h"
 #include "key.h"
 #include "policy.h"
@@ -44,6 +45,7 @@ Manager *manager_free(Manager *m) {
         free(m->state_dir);
         free(m->socket_path);
         free(m->config_path);
+        config_free(m->config);
         free(m->policy_path);
         free(m->hooks_dir);
         free(m->metrics_file);

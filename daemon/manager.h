@@ -25,6 +25,7 @@ typedef struct Hook Hook;               /* daemon/events-hooks.c */
 typedef struct UidUsage UidUsage;       /* daemon/server.c */
 typedef struct Denials Denials;         /* daemon/audit-glue.c */
 typedef struct HookRun HookRun;         /* daemon/events-hooks.c */
+typedef struct Config Config;           /* daemon/config.h */
 
 /* Who is calling, from SO_PEERCRED (+ supplementary groups from /proc or getgrouplist). */
 typedef struct Caller {
@@ -39,7 +40,8 @@ struct Manager {
         sd_event *event;
         char *state_dir;
         char *socket_path;      /* NULL when socket-activated */
-        char *config_path;
+        char *config_path;      /* NULL: no file, every default */
+        Config *config;         /* what it says, read once at start (and on SIGHUP) */
         char *policy_path;      /* NULL: only root may do anything */
         char *hooks_dir;        /* executables run for every event */
         bool test_hooks;        /* test-only env vars honoured (--enable-test-hooks build + flag) */
