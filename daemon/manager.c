@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The Manager: what the daemon sets up at start and tears down at stop (manager_new(),
- * manager_startup(), manager_free()), the policy it holds and the authorization every handler
- * does first. */
+ * manager_startup(), manager_free()), reloads on SIGHUP (configuration and policy), and the
+ * authorization every handler does first. */
 #include <signal.h>
 #include <stdio.h>
 #include <sys/stat.h>
