@@ -7,8 +7,8 @@
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
+#include "key.h"
 #include "policy.h"
-#include "vault.h"
 
 #define IMPORT_BLOB_MAX 2048U
 

@@ -8,7 +8,7 @@
 #include "cmek-audit.h"
 #include "daemon.h"
 #include "cmek-varlink.h"
-#include "vault.h"
+#include "key.h"
 
 /* A checkpoint at most this often, only when lines were appended since the last one; never on
  * the request path: a key use costs no token operation more than before. A checkpoint costs an

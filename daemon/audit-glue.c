@@ -17,23 +17,22 @@ static int audit_path(Manager *m, char **ret) {
 }
 
 #define AUDIT_RETRY_USEC (5ULL * 1000000ULL)
-static bool audit_retry_armed;
 static int audit_recover(Manager *m);
 
 static int on_audit_retry(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
-        audit_retry_armed = false;
+        m->audit_glue.retry_armed = false;
         (void) audit_recover(m);
         return 0;
 }
 
 static void audit_arm_retry(Manager *m) {
-        if (audit_retry_armed || !m->event)
+        if (m->audit_glue.retry_armed || !m->event)
                 return;
         /* floating: freed with the loop */
         if (sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, AUDIT_RETRY_USEC, 100000,
                                        on_audit_retry, m) >= 0)
-                audit_retry_armed = true;
+                m->audit_glue.retry_armed = true;
 }
 
 static void audit_set_error(Manager *m, int error) {
@@ -183,7 +182,7 @@ void manager_audit_describe(Manager *m, json_object *p) {
 #define DENIAL_WINDOW_USEC 1000000ULL
 #define ELEMENTSOF_DENIALS (DENIAL_UIDS + 1U)
 
-typedef struct Denials {
+struct Denials {
         uid_t uid;
         gid_t gid;
         pid_t pid;
@@ -193,10 +192,10 @@ typedef struct Denials {
         unsigned written;       /* lines written in this window */
         uint64_t suppressed;    /* denials counted, not yet written */
         char operation[128];    /* the last suppressed one */
-} Denials;
+};
 
-static Denials denials[DENIAL_UIDS + 1];   /* the last one: the shared overflow bucket */
-static bool denial_timer_armed;
+/* m->audit_glue.denials: ELEMENTSOF_DENIALS slots, the last one the shared overflow bucket;
+ * allocated on the first denial, freed with the Manager. */
 
 static void denial_flush_one(Manager *m, Denials *d) {
         _cleanup_free_ char *detail = NULL;
@@ -230,10 +229,11 @@ static void denial_flush_one(Manager *m, Denials *d) {
 static int on_denial_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         uint64_t now = cmek_monotonic_usec();
+        Denials *denials = m->audit_glue.denials;
         bool pending = false;
 
-        denial_timer_armed = false;
-        for (size_t i = 0; i < ELEMENTSOF_DENIALS; i++) {
+        m->audit_glue.denial_timer_armed = false;
+        for (size_t i = 0; denials && i < ELEMENTSOF_DENIALS; i++) {
                 Denials *d = &denials[i];
                 if (!d->used)
                         continue;
@@ -245,15 +245,20 @@ static int on_denial_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         }
         if (pending && sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, DENIAL_WINDOW_USEC / 4, 50000,
                                                   on_denial_timer, m) >= 0)
-                denial_timer_armed = true;
+                m->audit_glue.denial_timer_armed = true;
         return 0;
 }
 
 /* true: write this denial's own line; false: it was counted. */
 bool manager_audit_denial_admit(Manager *m, const Caller *caller, const char *operation) {
         uint64_t now = cmek_monotonic_usec();
-        Denials *d = NULL, *free_slot = NULL;
+        Denials *denials, *d = NULL, *free_slot = NULL;
 
+        if (!m->audit_glue.denials)
+                m->audit_glue.denials = calloc(ELEMENTSOF_DENIALS, sizeof(Denials));
+        denials = m->audit_glue.denials;
+        if (!denials)
+                return true;    /* out of memory: the denial gets its own line */
         for (size_t i = 0; i < DENIAL_UIDS; i++) {
                 if (denials[i].used && denials[i].uid == caller->uid) {
                         d = &denials[i];
@@ -286,16 +291,18 @@ bool manager_audit_denial_admit(Manager *m, const Caller *caller, const char *op
         if (d == &denials[DENIAL_UIDS])
                 d->uid = (uid_t) -1;
         (void) snprintf(d->operation, sizeof(d->operation), "%s", strempty(operation));
-        if (!denial_timer_armed &&
+        if (!m->audit_glue.denial_timer_armed &&
             sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, DENIAL_WINDOW_USEC, 50000,
                                        on_denial_timer, m) >= 0)
-                denial_timer_armed = true;
+                m->audit_glue.denial_timer_armed = true;
         return false;
 }
 
 /* At exit: write what is still counted. */
 void manager_audit_flush_denials(Manager *m) {
-        for (size_t i = 0; i < ELEMENTSOF_DENIALS; i++)
+        Denials *denials = m->audit_glue.denials;
+
+        for (size_t i = 0; denials && i < ELEMENTSOF_DENIALS; i++)
                 if (denials[i].used)
                         denial_flush_one(m, &denials[i]);
 }

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* cmekd: the CMEK broker daemon. Socket-activated or standalone; one sd-event loop. */
+/* cmekd: the CMEK broker daemon's main(): command line, configuration paths, process hardening and
+ * the sd-event loop. Socket-activated or standalone; the state is the Manager (daemon/manager.c). */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,12 +14,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "policy.h"
-#include "volume.h"
 
-#define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
-#define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
-#define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
-#define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
 
 static bool state_dir_given = false;
 static bool arg_check_config = false;
@@ -193,75 +189,14 @@ static int check_config(Manager *m) {
         return 0;
 }
 
-/* SIGHUP: cmekd.conf again, through the same parser. On any error nothing changes: the errors
- * are logged with their lines, the attempt audited, and the configuration in use kept. Otherwise
- * the run-time settings are applied ([enforcement], [events], [limits], [metrics]); a changed
- * vault is logged as needing a restart and keeps running as it was. */
-static int manager_reload_config(Manager *m) {
-        _cleanup_config_ Config *c = NULL;
-        _cleanup_free_ char *detail = NULL;
-        unsigned n_errors = 0, n_restart;
-        int r;
-
-        r = config_load(m->config_path, false, &c, &n_errors);
-        if (r < 0) {
-                if (asprintf(&detail, "%s: %u error%s, see the daemon log", strempty(m->config_path), n_errors,
-                             n_errors == 1 ? "" : "s") < 0)
-                        detail = NULL;
-                log_error("Configuration reload failed, keeping the configuration in use: %s",
-                          detail ?: "cannot read the file");
-                (void) manager_audit(m, NULL, &(AuditRecord) {
-                        .event = "config.reloaded", .operation = "SIGHUP", .result = "io.cmek.InvalidConfig",
-                        .detail = detail });
-                return r;
-        }
-        n_restart = config_log_changes(m->config, c);
-        config_keep_restart_settings(c, m->config);
-        config_free(m->config);
-        m->config = TAKE_PTR(c);
-        server_apply_limits(m);
-        volumes_apply_config(m);
-        /* [events] and [metrics] are read where they are used */
-        if (asprintf(&detail, "%s%s%u setting%s need%s a restart", strempty(m->config_path), m->config_path ? ": " : "",
-                     n_restart, n_restart == 1 ? "" : "s", n_restart == 1 ? "s" : "") < 0)
-                detail = NULL;
-        log_info("Configuration reloaded (%s).", strempty(detail));
-        (void) manager_audit(m, NULL, &(AuditRecord) {
-                .event = "config.reloaded", .operation = "SIGHUP", .result = "ok", .detail = detail });
-        return 0;
-}
-
-static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        Manager *m = userdata;
-        (void) sd_notify(0, "RELOADING=1");
-        (void) manager_reload_config(m);
-        (void) manager_load_policy(m, true);
-        (void) sd_notify(0, "READY=1");
-        return 0;
-}
-
-static int manager_open_audit(Manager *m) {
-        _cleanup_free_ char *path = NULL;
-        CmekAudit *a = NULL;
-        int r;
-
-        if (asprintf(&path, "%s/audit.log", m->state_dir) < 0)
-                return -ENOMEM;
-        /* replies wait for the audit sync at the end of each loop iteration (server.c) */
-        r = cmek_audit_open_full(path, CMEK_AUDIT_GROUP_COMMIT, &a);
-        if (r < 0)
-                return log_error_errno(r, "Failed to open the audit log '%s': %m", path);
-        m->audit = a;
-        return 0;
-}
-
 static int run(int argc, char *argv[]) {
-        Manager manager = {}, *m = &manager;
-        int r, n;
+        Manager *m = NULL;
+        int r;
 
         cmek_log_set_ident("cmekd");
-        m->state_dir = strdup(DEFAULT_STATE_DIR);
-        m->hooks_dir = strdup(DEFAULT_HOOKS_DIR);
+        r = manager_new(&m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate the manager: %m");
         r = parse_argv(m, argc, argv);
         if (r <= 0)
                 goto out;
@@ -282,7 +217,6 @@ static int run(int argc, char *argv[]) {
 
         harden_process();
         umask(0077);
-        m->start_usec = cmek_now_usec();
 
         /* under systemd, StateDirectory= tells where the state lives (any prefix) */
         if (!state_dir_given && getenv("STATE_DIRECTORY")) {
@@ -290,64 +224,10 @@ static int run(int argc, char *argv[]) {
                 free(m->state_dir);
                 m->state_dir = strndup(sd, strcspn(sd, ":"));
         }
-        r = cmek_mkdir_p(m->state_dir, 0700);
-        if (r >= 0 && chmod(m->state_dir, 0700) < 0) /* it holds the token PINs */
-                r = -errno;
-        if (r < 0) {
-                log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
-                goto out;
-        }
-        r = manager_load_policy(m, false);
-        if (r < 0)
-                goto out;
-        r = manager_open_audit(m);
-        if (r < 0)
-                goto out;
 
-        r = sd_event_default(&m->event);
+        r = manager_startup(m);
         if (r < 0)
                 goto out;
-        sigset_t ss;
-        sigemptyset(&ss);
-        sigaddset(&ss, SIGTERM);
-        sigaddset(&ss, SIGINT);
-        sigaddset(&ss, SIGHUP);
-        sigaddset(&ss, SIGCHLD); /* hooks are reaped through sd-event */
-        sigprocmask(SIG_BLOCK, &ss, NULL);
-        (void) signal(SIGPIPE, SIG_IGN);
-        (void) sd_event_add_signal(m->event, NULL, SIGTERM, NULL, NULL);
-        (void) sd_event_add_signal(m->event, NULL, SIGINT, NULL, NULL);
-        (void) sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
-        (void) sd_event_set_watchdog(m->event, true);
-
-        r = modules_init(m);
-        if (r < 0)
-                goto out;
-
-        if (m->socket_path) {
-                r = server_bind(m, m->socket_path);
-                if (r < 0) {
-                        log_error_errno(r, "Failed to listen on '%s': %m", m->socket_path);
-                        goto out;
-                }
-        } else {
-                n = sd_listen_fds(true);
-                if (n < 0) {
-                        r = log_error_errno(n, "Failed to read the sockets passed by systemd: %m");
-                        goto out;
-                }
-                if (n == 0) {
-                        r = log_error_errno(EINVAL, "No socket passed by systemd and no --socket PATH given; "
-                                            "start cmekd through cmekd.socket or with --socket.");
-                        goto out;
-                }
-                for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; fd++) {
-                        r = server_listen(m, fd);
-                        if (r < 0)
-                                goto out;
-                }
-                m->n_listen_fds = (unsigned) n;
-        }
 
         (void) manager_audit(m, NULL, &(AuditRecord) {
                 .event = "daemon.started", .operation = "start", .detail = PACKAGE_VERSION });
@@ -358,20 +238,7 @@ static int run(int argc, char *argv[]) {
         manager_audit_flush_denials(m);
         (void) manager_audit(m, NULL, &(AuditRecord) { .event = "daemon.stopped", .operation = "stop" });
 out:
-        manager_audit_jobs_done(m);
-        server_done(m);
-        events_done(m);
-        modules_done(m);
-        cmek_audit_close(m->audit);
-        policy_free(m->policy);
-        sd_event_unref(m->event);
-        free(m->state_dir);
-        free(m->socket_path);
-        free(m->config_path);
-        config_free(m->config);
-        free(m->policy_path);
-        free(m->hooks_dir);
-        free(m->metrics_file);
+        manager_free(m);
         return r;
 }
 

@@ -4,10 +4,22 @@
 
 #include "cmek-log.h"
 #include "manager.h"
+#include "policy.h"
 
-extern const Interface interface_varlink_service; /* org.varlink.service */
-extern const Interface interface_events;          /* io.cmek.Events */
-#include "modules.h"                               /* DAEMON_EXTRA_INTERFACES, module hooks */
+#define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
+#define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
+#define DEFAULT_POLICY SYSCONFDIR "/cmekd/policy"
+#define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
+
+/* The interfaces the daemon serves, listed in interfaces[] in server.c (interface_service: manager.h) */
+extern const Interface interface_varlink_service; /* org.varlink.service: daemon/api-varlink.c */
+extern const Interface interface_events;          /* io.cmek.Events: daemon/events.c */
+extern const Interface interface_vault;           /* io.cmek.Vault: daemon/api-key.c */
+extern const Interface interface_key;             /* io.cmek.Key: daemon/api-key.c */
+extern const Interface interface_volume;          /* io.cmek.Volume: daemon/api-volume.c */
+extern const Interface interface_metrics;         /* io.cmek.Metrics: daemon/metrics.c */
+
+#include "modules.h"                               /* module start/stop and key-change hooks */
 
 int server_listen(Manager *m, int fd);
 int server_bind(Manager *m, const char *path);
@@ -17,11 +29,21 @@ void server_apply_limits(Manager *m);
 int send_json_error(Connection *c, const char *error, const char *message);
 const Interface *const *manager_interfaces(size_t *ret_n);
 
+/* daemon/manager.c */
+int manager_new(Manager **ret);                 /* defaults only; the command line fills in the rest */
+int manager_startup(Manager *m);                /* state dir, policy, audit, loop, modules, sockets */
+Manager *manager_free(Manager *m);              /* tears down all of it, also after a failed startup */
 int manager_load_policy(Manager *m, bool reload);
+PolicyRequest manager_policy_request(const Caller *caller, PolicyVerb verb, const char *resource_type,
+                                     const char *compartment, const char *key_id, const char *volume_id);
+
+/* daemon/events.c (manager_event() is in key.h) */
+extern const KeyHooks events_key_hooks;         /* m->key_hooks: key changes become events */
 void events_done(Manager *m);
+/* daemon/events-hooks.c */
 /* Runs the executables in the hooks directory for one event (never blocks the caller). */
 void events_run_hooks(Manager *m, json_object *event);
-void events_hooks_done(void);
+void events_hooks_done(Manager *m);
 
 /* daemon/metrics.c */
 int metrics_init(Manager *m);

@@ -26,29 +26,22 @@
 
 /* A run waiting for a free slot: a burst of events (one volume.locked per volume) must reach
  * every hook, in order, without forking hundreds of processes at once. */
-typedef struct HookRun {
+struct HookRun {
         char *path, *json;
         char *type;             /* the event's type, for coalescing */
         bool critical;          /* key.* and volume.locked: never dropped */
         struct HookRun *next;
-} HookRun;
+};
 
-typedef struct Hook {
+struct Hook {
         Manager *manager;
         char *path;
         pid_t pid;
         sd_event_source *child, *timeout;
         struct Hook *prev, *next;
-} Hook;
+};
 
-static unsigned n_running, n_queued;
-static HookRun *queue_head, *queue_tail;
-/* Runs of non-critical events dropped (or replaced by a newer run of the same event type) while
- * the queue was full, since the last audit record about it: one record per second at most. */
-static uint64_t n_dropped;
-static sd_event_source *drop_report;
-static Hook *running;
-static sd_event_source *drain_source;
+/* The queue, the running hooks and the drop count are m->hooks (daemon/manager.h). */
 
 static void spawn_one(Manager *m, const char *path, const char *json);
 
@@ -78,14 +71,14 @@ static int on_drop_report(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         char detail[200];
 
-        if (n_dropped == 0)
+        if (m->hooks.n_dropped == 0)
                 return 0;
         snprintf(detail, sizeof(detail),
                  "%llu hook run(s) of non-critical events dropped or coalesced: the hook queue was full "
                  "(%u runs waiting; key.* and volume.locked events are never dropped)",
-                 (unsigned long long) n_dropped, n_queued);
+                 (unsigned long long) m->hooks.n_dropped, m->hooks.n_queued);
         log_warning("%s.", detail);
-        n_dropped = 0;
+        m->hooks.n_dropped = 0;
         (void) manager_audit(m, NULL, &(AuditRecord) {
                 .event = "hooks.dropped", .operation = "hooks", .result = "dropped", .detail = detail });
         return 0;
@@ -94,16 +87,16 @@ static int on_drop_report(sd_event_source *s, uint64_t usec, void *userdata) {
 /* Counts a dropped run; the count is audited in one record a second later (not one per drop:
  * a flood of events must not become a flood of audit lines). */
 static void note_dropped(Manager *m) {
-        n_dropped++;
-        if (!drop_report &&
-            sd_event_add_time_relative(m->event, &drop_report, CLOCK_MONOTONIC, 1000000ULL, 100000ULL,
+        m->hooks.n_dropped++;
+        if (!m->hooks.drop_report &&
+            sd_event_add_time_relative(m->event, &m->hooks.drop_report, CLOCK_MONOTONIC, 1000000ULL, 100000ULL,
                                        on_drop_report, m) < 0) {
                 (void) on_drop_report(NULL, 0, m);
                 return;
         }
-        if (drop_report && sd_event_source_get_enabled(drop_report, NULL) == 0) {
-                (void) sd_event_source_set_time_relative(drop_report, 1000000ULL);
-                (void) sd_event_source_set_enabled(drop_report, SD_EVENT_ONESHOT);
+        if (m->hooks.drop_report && sd_event_source_get_enabled(m->hooks.drop_report, NULL) == 0) {
+                (void) sd_event_source_set_time_relative(m->hooks.drop_report, 1000000ULL);
+                (void) sd_event_source_set_enabled(m->hooks.drop_report, SD_EVENT_ONESHOT);
         }
 }
 
@@ -114,12 +107,12 @@ static bool event_is_critical(const char *type) {
 
 /* Starts the oldest waiting runs while there are free slots. */
 static void queue_drain(Manager *m) {
-        while (queue_head && n_running < HOOKS_MAX_RUNNING) {
-                HookRun *q = queue_head;
-                queue_head = q->next;
-                if (!queue_head)
-                        queue_tail = NULL;
-                n_queued--;
+        while (m->hooks.queue_head && m->hooks.n_running < HOOKS_MAX_RUNNING) {
+                HookRun *q = m->hooks.queue_head;
+                m->hooks.queue_head = q->next;
+                if (!m->hooks.queue_head)
+                        m->hooks.queue_tail = NULL;
+                m->hooks.n_queued--;
                 spawn_one(m, q->path, q->json);
                 hook_run_free(q);
         }
@@ -131,17 +124,19 @@ static int on_drain(sd_event_source *s, void *userdata) {
 }
 
 static void hook_release(Hook *h) {
+        Manager *m = h->manager;
+
         if (h->prev)
                 h->prev->next = h->next;
         else
-                running = h->next;
+                m->hooks.running = h->next;
         if (h->next)
                 h->next->prev = h->prev;
         sd_event_source_disable_unref(h->child);
         sd_event_source_disable_unref(h->timeout);
         free(h->path);
         free(h);
-        n_running--;
+        m->hooks.n_running--;
 }
 
 static void hook_free(Hook *h) {
@@ -153,10 +148,10 @@ static void hook_free(Hook *h) {
 }
 
 /* Unlinks and returns the oldest queued non-critical run (of path and type when given). */
-static HookRun *queue_take_noncritical(const char *path, const char *type, bool newest) {
+static HookRun *queue_take_noncritical(Manager *m, const char *path, const char *type, bool newest) {
         HookRun *found = NULL, *found_prev = NULL, *prev = NULL;
 
-        for (HookRun *q = queue_head; q; prev = q, q = q->next)
+        for (HookRun *q = m->hooks.queue_head; q; prev = q, q = q->next)
                 if (!q->critical && (!path || streq(q->path, path)) && (!type || streq_ptr(q->type, type))) {
                         found = q;
                         found_prev = prev;
@@ -168,21 +163,21 @@ static HookRun *queue_take_noncritical(const char *path, const char *type, bool 
         if (found_prev)
                 found_prev->next = found->next;
         else
-                queue_head = found->next;
-        if (queue_tail == found)
-                queue_tail = found_prev;
+                m->hooks.queue_head = found->next;
+        if (m->hooks.queue_tail == found)
+                m->hooks.queue_tail = found_prev;
         found->next = NULL;
-        n_queued--;
+        m->hooks.n_queued--;
         return found;
 }
 
-static void queue_append(HookRun *q) {
-        if (queue_tail)
-                queue_tail->next = q;
+static void queue_append(Manager *m, HookRun *q) {
+        if (m->hooks.queue_tail)
+                m->hooks.queue_tail->next = q;
         else
-                queue_head = q;
-        queue_tail = q;
-        n_queued++;
+                m->hooks.queue_head = q;
+        m->hooks.queue_tail = q;
+        m->hooks.n_queued++;
 }
 
 /* A full queue never loses a critical run: one non-critical run makes room (or, when every
@@ -194,8 +189,8 @@ static void queue_run(Manager *m, const char *path, const char *json, const char
         bool critical = event_is_critical(type);
         HookRun *q;
 
-        if (n_queued >= queue_max(m)) {
-                HookRun *old = queue_take_noncritical(critical ? NULL : path, critical ? NULL : type,
+        if (m->hooks.n_queued >= queue_max(m)) {
+                HookRun *old = queue_take_noncritical(m, critical ? NULL : path, critical ? NULL : type,
                                                       /* newest= */ !critical);
                 if (!critical && !old) {
                         note_dropped(m);
@@ -213,7 +208,7 @@ static void queue_run(Manager *m, const char *path, const char *json, const char
                 return;
         }
         q->critical = critical;
-        queue_append(q);
+        queue_append(m, q);
 }
 
 static int on_hook_exit(sd_event_source *s, const siginfo_t *si, void *userdata) {
@@ -441,11 +436,11 @@ static void spawn_one(Manager *m, const char *path, const char *json) {
         h->manager = m;
         h->pid = pid;
         h->path = strdup(path);
-        h->next = running;
-        if (running)
-                running->prev = h;
-        running = h;
-        n_running++;
+        h->next = m->hooks.running;
+        if (m->hooks.running)
+                m->hooks.running->prev = h;
+        m->hooks.running = h;
+        m->hooks.n_running++;
         if (sd_event_add_child(m->event, &h->child, pid, WEXITED, on_hook_exit, h) < 0 ||
             sd_event_add_time_relative(m->event, &h->timeout, CLOCK_MONOTONIC, m->config->hook_timeout_usec, 0,
                                        on_hook_timeout, h) < 0) {
@@ -489,33 +484,33 @@ void events_run_hooks(Manager *m, json_object *event) {
         free(names);
         /* started from the event loop, once the current request is answered: enforcement and
          * the reply never wait for hooks to be spawned */
-        if (queue_head) {
-                if (!drain_source) {
-                        if (sd_event_add_defer(m->event, &drain_source, on_drain, m) < 0) {
+        if (m->hooks.queue_head) {
+                if (!m->hooks.drain_source) {
+                        if (sd_event_add_defer(m->event, &m->hooks.drain_source, on_drain, m) < 0) {
                                 queue_drain(m);
                                 return;
                         }
                 }
-                (void) sd_event_source_set_enabled(drain_source, SD_EVENT_ONESHOT);
+                (void) sd_event_source_set_enabled(m->hooks.drain_source, SD_EVENT_ONESHOT);
         }
 }
 
 /* At exit: drop the runs that never got a slot and forget the running ones. */
-void events_hooks_done(void) {
-        drain_source = sd_event_source_disable_unref(drain_source);
-        drop_report = sd_event_source_disable_unref(drop_report);
-        if (n_dropped > 0)
+void events_hooks_done(Manager *m) {
+        m->hooks.drain_source = sd_event_source_disable_unref(m->hooks.drain_source);
+        m->hooks.drop_report = sd_event_source_disable_unref(m->hooks.drop_report);
+        if (m->hooks.n_dropped > 0)
                 log_warning("%llu hook run(s) dropped while the queue was full since the last report.",
-                            (unsigned long long) n_dropped);
-        n_dropped = 0;
+                            (unsigned long long) m->hooks.n_dropped);
+        m->hooks.n_dropped = 0;
         /* hooks still running finish on their own; only our bookkeeping goes */
-        while (running)
-                hook_release(running);
-        while (queue_head) {
-                HookRun *q = queue_head;
-                queue_head = q->next;
+        while (m->hooks.running)
+                hook_release(m->hooks.running);
+        while (m->hooks.queue_head) {
+                HookRun *q = m->hooks.queue_head;
+                m->hooks.queue_head = q->next;
                 hook_run_free(q);
         }
-        queue_tail = NULL;
-        n_queued = 0;
+        m->hooks.queue_tail = NULL;
+        m->hooks.n_queued = 0;
 }

@@ -11,8 +11,7 @@
 #include "cmek-log.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
-#include "daemon.h"
-#include "vault.h"
+#include "key.h"
 
 #define KEY_ID_PREFIX "cmek.key."
 #define KEY_ID_RANDOM_CHARS 26
@@ -86,6 +85,33 @@ void key_info_done(KeyInfo *k) {
         free(k->vault);
         free(k->on_disable);
         *k = (KeyInfo) {};
+}
+
+/* ---- telling the layers above (m->key_hooks, set by the manager) ---- */
+
+static void key_tell_state_changed(Manager *m, const char *key_id, KeyState old_state, KeyState new_state) {
+        if (m->key_hooks && m->key_hooks->state_changed)
+                m->key_hooks->state_changed(m, key_id, old_state, new_state);
+}
+
+static void key_tell_turning_off(Manager *m, const char *key_id, KeyState old_state, KeyState new_state) {
+        if (m->key_hooks && m->key_hooks->turning_off)
+                m->key_hooks->turning_off(m, key_id, old_state, new_state);
+}
+
+static void key_tell_rotated(Manager *m, const char *key_id, unsigned new_version) {
+        if (m->key_hooks && m->key_hooks->rotated)
+                m->key_hooks->rotated(m, key_id, new_version);
+}
+
+static void key_tell_hold(Manager *m) {
+        if (m->key_hooks && m->key_hooks->hold)
+                m->key_hooks->hold(m);
+}
+
+static void key_tell_release(Manager *m) {
+        if (m->key_hooks && m->key_hooks->release)
+                m->key_hooks->release(m);
 }
 
 static const char *const key_op_table[_KEY_OP_MAX] = {
@@ -377,7 +403,7 @@ static void key_notice_state(Manager *m, const Key *k) {
                                 ks->known[i].state = s;
                                 log_info("Key '%s' changed from %s to %s in its token.", id,
                                          key_state_to_string(old), key_state_to_string(s));
-                                manager_key_state_changed(m, id, old, s);
+                                key_tell_state_changed(m, id, old, s);
                         }
                         return;
                 }
@@ -970,7 +996,7 @@ static int key_token_disabled(Manager *m, Key *k) {
                                   key_get_id(k));
         key_set_known_state(m, k);
         key_audit_change_op(m, NULL, "token", k, "key.disabled", KEY_STATE_ENABLED, "usage turned off in the token");
-        manager_key_state_changed(m, key_get_id(k), KEY_STATE_ENABLED, KEY_STATE_DISABLED);
+        key_tell_state_changed(m, key_get_id(k), KEY_STATE_ENABLED, KEY_STATE_DISABLED);
         return 1;
 }
 
@@ -1019,7 +1045,7 @@ static int key_delete_now(Manager *m, Key *k) {
         key_set_known_state(m, k);
         log_notice("Key '%s' deleted: its waiting period ended.", key_get_id(k));
         key_audit_change(m, NULL, k, "key.deleted", old, "waiting period ended");
-        manager_key_state_changed(m, key_get_id(k), old, KEY_STATE_DELETED);
+        key_tell_state_changed(m, key_get_id(k), old, KEY_STATE_DELETED);
         return 0;
 }
 
@@ -1051,7 +1077,7 @@ static int key_rotate_now(Manager *m, Call *c, Key *k, unsigned *ret_version) {
         char detail[64];
         snprintf(detail, sizeof(detail), "version=%u", next);
         key_audit_change(m, c, k, "key.rotated", key_get_state(k), detail);
-        manager_key_rotated(m, key_get_id(k), next);
+        key_tell_rotated(m, key_get_id(k), next);
         if (ret_version)
                 *ret_version = next;
         return 0;
@@ -1094,16 +1120,16 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
         /* the volumes first when turning off: locking them must not wait for the token writes
          * (the hook is idempotent; it runs again with the events below). Their events wait for
          * the key's own, so that consumers see the key change first. */
-        manager_events_hold(m);
+        key_tell_hold(m);
         if (new == KEY_STATE_DISABLED || new == KEY_STATE_PENDING_DELETION)
-                modules_key_state_changed(m, key_get_id(k), old, new);
+                key_tell_turning_off(m, key_get_id(k), old, new);
         /* then the token: the key stops working before we say so */
         if (new != KEY_STATE_ENABLED)
                 (void) key_set_usage(k, false);
         meta_set_str(k, "state", key_state_to_string(new));
         r = key_store_meta(m, k);
         if (r < 0) {
-                manager_events_release(m); /* the volumes are locked all the same: say so */
+                key_tell_release(m); /* the volumes are locked all the same: say so */
                 return r;
         }
         if (new == KEY_STATE_ENABLED)
@@ -1113,8 +1139,8 @@ int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *re
         if (op == KEY_OP_SCHEDULE_DELETION)
                 snprintf(detail, sizeof(detail), "waiting_period_days=%u", days);
         key_audit_change(m, c, k, event, old, detail[0] ? detail : NULL);
-        manager_key_state_changed(m, key_get_id(k), old, new);
-        manager_events_release(m);
+        key_tell_state_changed(m, key_get_id(k), old, new);
+        key_tell_release(m);
         return 0;
 }
 

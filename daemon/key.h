@@ -7,6 +7,7 @@
 
 #include "cmek-errors.h"
 #include "manager.h"
+#include "vault.h"
 
 typedef enum KeyState {
         KEY_STATE_ENABLED,
@@ -66,16 +67,83 @@ int key_decrypt(Manager *m, const char *key_id, unsigned version,
                 const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                 void **ret_pt);
 
-/* Called by the key code after every state change (from an API call, the deletion timer or
- * a change noticed in the token): emits events and tells the volume code. */
-void manager_key_state_changed(Manager *m, const char *key_id, KeyState old_state, KeyState new_state);
-/* Called after a new version exists: the volume code re-wraps bound volumes. */
-void manager_key_rotated(Manager *m, const char *key_id, unsigned new_version);
+/* What the key layer tells the layers above it, through m->key_hooks (set by the manager:
+ * daemon/events.c); the key layer calls nothing above it directly. */
+struct KeyHooks {
+        /* after every state change (an API call, the deletion timer, or a change noticed in the
+         * token): events, then the volumes */
+        void (*state_changed)(Manager *m, const char *key_id, KeyState old_state, KeyState new_state);
+        /* before the token write that turns a key off: the volumes lock at once (idempotent,
+         * state_changed follows) */
+        void (*turning_off)(Manager *m, const char *key_id, KeyState old_state, KeyState new_state);
+        /* after a new version exists: the volume code re-wraps bound volumes */
+        void (*rotated)(Manager *m, const char *key_id, unsigned new_version);
+        /* events wait (nested) from hold until the matching release, which sends them in order */
+        void (*hold)(Manager *m);
+        void (*release)(Manager *m);
+};
 
-/* Events (io.cmek.Events.Subscribe, hooks, journal). Takes ownership of data. */
+/* Events (io.cmek.Events.Subscribe, hooks, journal). Takes ownership of data.
+ * (daemon/events.c; declared here until the volume code reports through hooks too) */
 void manager_event(Manager *m, const char *type, json_object *data);
-/* Holds events (nested) until the matching release, which sends them in order. */
-void manager_events_hold(Manager *m);
-void manager_events_release(Manager *m);
-/* The clock for waiting periods; CMEKD_TEST_NOW (seconds since the epoch) moves it in tests. */
-uint64_t manager_now_usec(Manager *m);
+
+/* --- the key store (daemon/key.c) as daemon/api-key.c uses it --- */
+typedef struct Key Key;         /* one key's metadata object, as read from its token */
+
+int keys_init(Manager *m);      /* the module hook: vaults, then the scheduler */
+void keys_done(Manager *m);
+VaultSet *keys_vaults(Manager *m);
+
+/* By id, or by name ("NAME" or "COMPARTMENT/NAME"); -ENOENT, -ENOTUNIQ (name in several
+ * compartments). Carries out a deletion that is due. */
+/* The first vault that cannot be used now (and why): for -EHOSTDOWN from key_load()/key_lookup(),
+ * the key was not found and a vault that may hold it is unavailable (its token gone). */
+Vault *keys_unavailable_vault(Manager *m, const char **ret_reason);
+int key_load(Manager *m, const char *id_or_name, Key **ret);
+Key *key_free(Key *k);
+static inline void key_freep(Key **k) { key_free(*k); }
+int key_load_all(Manager *m, Key ***ret, size_t *ret_n);
+void key_array_free(Key **a, size_t n);
+json_object *key_to_json(Manager *m, Key *k);   /* KeyInfo of the IDL */
+const char *key_get_id(const Key *k);
+const char *key_get_name(const Key *k);
+const char *key_get_compartment(const Key *k);
+KeyState key_get_state(const Key *k);
+bool key_is_provider_managed(const Key *k);
+
+typedef struct KeyCreateParams {
+        const char *name, *compartment, *vault; /* vault NULL: default */
+        unsigned bits;                          /* 128, 192, 256 */
+        bool software;                          /* protection mode */
+        unsigned rotation_interval_days;        /* 0: manual only */
+        bool provider_managed;
+        const char *on_disable;                 /* "suspend", "close" or NULL (the global default) */
+        /* import: */
+        VaultWrapAlgorithm wrap_algorithm;
+        const void *wrapped;
+        size_t wrapped_size;
+} KeyCreateParams;
+/* -EEXIST (name taken in compartment), -ENODEV (no such vault), -ENXIO (vault unavailable,
+ * *ret_reason says why), -EINVAL, import: -EBADMSG, -EMSGSIZE, -ENOKEY (no wrapping key). */
+int key_create(Manager *m, Call *c, const KeyCreateParams *p, Key **ret, const char **ret_reason);
+
+typedef enum KeyOp {
+        KEY_OP_ENABLE,
+        KEY_OP_DISABLE,
+        KEY_OP_SCHEDULE_DELETION,
+        KEY_OP_CANCEL_DELETION,
+        KEY_OP_ROTATE,
+        _KEY_OP_MAX,
+} KeyOp;
+const char *key_op_to_string(KeyOp op);
+/* Allowed operations from a state, as a JSON array of strings. */
+json_object *key_allowed_ops(KeyState s);
+/* -EBADR when the state machine forbids op from the key's state (caller replies
+ * InvalidStateTransition), -EPERM for the provider-managed key. Audits. days: for
+ * schedule-deletion. ret_version: for rotate (may be NULL). */
+int key_apply(Manager *m, Call *c, Key *k, KeyOp op, unsigned days, unsigned *ret_version);
+/* -ENOENT no such version, -EBUSY it is the current version */
+int key_set_version_enabled(Manager *m, Call *c, Key *k, unsigned version, bool enabled);
+/* Deletions and rotations due at now; fills arrays of key ids (may be NULL). */
+int key_run_scheduled(Manager *m, uint64_t now_usec, json_object *ret_deleted, json_object *ret_rotated);
+size_t key_count_in_vault(Manager *m, const char *vault);

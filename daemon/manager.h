@@ -20,6 +20,12 @@ typedef struct CmekAudit CmekAudit;     /* lib/cmek-audit.h */
 typedef struct VaultSet VaultSet;       /* daemon/vault.h */
 typedef struct KeyStore KeyStore;       /* daemon/key.h */
 typedef struct VolumeRegistry VolumeRegistry; /* daemon/volume.h */
+typedef struct Subscriber Subscriber;   /* daemon/events.c */
+typedef struct KeyHooks KeyHooks;       /* daemon/key.h */
+typedef struct Hook Hook;               /* daemon/events-hooks.c */
+typedef struct UidUsage UidUsage;       /* daemon/server.c */
+typedef struct Denials Denials;         /* daemon/audit-glue.c */
+typedef struct HookRun HookRun;         /* daemon/events-hooks.c */
 typedef struct Config Config;           /* daemon/config.h */
 
 /* Who is calling, from SO_PEERCRED (+ supplementary groups from /proc or getgrouplist). */
@@ -46,8 +52,15 @@ struct Manager {
         int audit_error;                /* 0, or why the audit log cannot be written (-errno) */
         uint64_t audit_error_usec;      /* since when (CLOCK_REALTIME) */
         uint64_t audit_lost;            /* records that reached only the journal meanwhile */
+        /* audit glue (daemon/audit-glue.c): the retry of a broken log, the per-uid denial counters */
+        struct {
+                bool retry_armed;
+                Denials *denials;       /* allocated on the first denial */
+                bool denial_timer_armed;
+        } audit_glue;
         VaultSet *vaults;
         KeyStore *keys;
+        const KeyHooks *key_hooks;      /* how the key layer tells events and volumes (events.c) */
         VolumeRegistry *volumes;
         DmCache dm;                     /* the device-mapper scan caches (daemon/dm.h) */
 
@@ -55,11 +68,47 @@ struct Manager {
                 uint64_t wrap, wrap_errors, unwrap, unwrap_errors;
         } counters;
         char *metrics_file;     /* Prometheus text file, rewritten on every event */
+        sd_event_source *metrics_timer; /* rewrites it every 30 s when only the counters moved */
+        uint64_t metrics_written_uses;  /* wrap + unwrap when it was last written */
 
+        uint64_t start_usec;
+
+        /* the Varlink server (daemon/server.c) */
+        struct {
+                UidUsage *uid_usages;           /* per uid: connections, queued output, request rate */
+                /* paused connections read again: on the next iteration, or when a uid's rate allows */
+                sd_event_source *resume_defer, *resume_timer;
+                /* refused connections since the last log line about them (one per 10 s) */
+                uint64_t refused_since_log, last_refusal_log_usec;
+                /* audit group commit: replies wait for one fdatasync() after the loop iteration
+                 * (idle source), at most GROUP_COMMIT_MAX_WAIT_USEC after the first held one (post) */
+                sd_event_source *audit_post_source, *audit_idle_source;
+                uint64_t first_held_usec;
+        } server;
         Connection *connections;
         unsigned n_connections;
-        uint64_t start_usec;
         unsigned n_listen_fds;
+
+        /* events (daemon/events.c): live io.cmek.Events subscriptions, and the events held
+         * while a key state change is in progress (n_holds nested holds) */
+        struct {
+                Subscriber *subscribers;
+                unsigned n_holds;
+                json_object *held;      /* array, in order */
+        } events;
+
+        /* event hooks (daemon/events-hooks.c): the hooks running now, the runs waiting for a
+         * slot, and the runs of non-critical events dropped (or replaced by a newer run of the
+         * same event type) since the last audit record about it (one a second at most) */
+        struct {
+                Hook *running;
+                unsigned n_running;
+                HookRun *queue_head, *queue_tail;
+                unsigned n_queued;
+                uint64_t n_dropped;
+                sd_event_source *drop_report;   /* the one-a-second audit record of drops */
+                sd_event_source *drain_source;  /* starts waiting runs after a burst */
+        } hooks;
 };
 
 /* A method: reply through the call_* functions exactly once (call_reply_more any number
@@ -112,6 +161,10 @@ bool manager_caller_has_any_grant(Manager *m, Call *c);
 int manager_deny(Manager *m, Call *c, const char *verb, const char *resource_type,
                  const char *compartment, const char *key_id, const char *volume_id);
 
+/* The clock for waiting periods (daemon/manager.c); in a test-hooks build started with
+ * --test-hooks, <state-dir>/test-clock moves it. */
+uint64_t manager_now_usec(Manager *m);
+
 /* An audited event: one journald entry and one hash-chained line. Fields may be NULL. */
 typedef struct AuditRecord {
         const char *event;      /* e.g. "key.disabled"; selects the MESSAGE_ID */
@@ -137,7 +190,7 @@ int manager_audit_ready(Manager *m);
 int manager_audit_refuse(Manager *m, Call *c);
 /* The group commit's fdatasync() failed. */
 void manager_audit_failed(Manager *m, int error);
-/* Writes the denials still counted (api-service.c aggregates them per uid and second). */
+/* Writes the denials still counted (audit-glue.c aggregates them per uid and second). */
 void manager_audit_flush_denials(Manager *m);
 /* Drops queued AuditShow/AuditVerify jobs (their worker thread runs off the loop). */
 void manager_audit_jobs_done(Manager *m);
@@ -145,4 +198,4 @@ void manager_audit_jobs_done(Manager *m);
 void call_set_audit_failed(Call *c);
 
 /* Every interface the daemon serves; defined in api-*.c files, listed in server.c. */
-extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* */
+extern const Interface interface_service;  /* io.cmek.Service: Status, PolicyCheck, Audit* (api-service.c) */

@@ -8,13 +8,10 @@
 #include "config.h"
 #include "daemon.h"
 #include "key.h"
-#include "vault.h"
 #include "volume.h"
 
 #define METRICS_INTERVAL_USEC (30ULL * 1000000ULL)
 
-static sd_event_source *metrics_timer;
-static uint64_t last_written_uses = UINT64_MAX;
 /* state of every key once per snapshot: volumes share keys */
 static json_object *keys_snapshot(Manager *m) {
         json_object *keys = json_object_new_object();
@@ -200,13 +197,13 @@ void metrics_update(Manager *m) {
                                                 m->config->metrics_gid != 0 ? m->config->metrics_gid : (gid_t) -1);
         if (r < 0)
                 log_warning_errno(r, "Failed to write the metrics file %s, ignoring: %m", m->metrics_file);
-        last_written_uses = m->counters.wrap + m->counters.unwrap;
+        m->metrics_written_uses = m->counters.wrap + m->counters.unwrap;
 }
 
 static int on_metrics_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         /* counters move without events: refresh the file when they did */
-        if (m->counters.wrap + m->counters.unwrap != last_written_uses)
+        if (m->counters.wrap + m->counters.unwrap != m->metrics_written_uses)
                 metrics_update(m);
         (void) sd_event_source_set_time(s, usec + METRICS_INTERVAL_USEC);
         (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
@@ -217,12 +214,12 @@ int metrics_init(Manager *m) {
         if (!m->metrics_file)
                 return 0;
         metrics_update(m);
-        return sd_event_add_time_relative(m->event, &metrics_timer, CLOCK_MONOTONIC, METRICS_INTERVAL_USEC,
+        return sd_event_add_time_relative(m->event, &m->metrics_timer, CLOCK_MONOTONIC, METRICS_INTERVAL_USEC,
                                           1000000, on_metrics_timer, m);
 }
 
 void metrics_done(Manager *m) {
-        metrics_timer = sd_event_source_disable_unref(metrics_timer);
+        m->metrics_timer = sd_event_source_disable_unref(m->metrics_timer);
 }
 
 static int method_get(Manager *m, Call *c, json_object *params) {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Start and stop the daemon's feature modules in a fixed order. */
 #include "daemon.h"
-#include "vault.h"
+#include "key.h"
 #include "volume.h"
 
 typedef struct Module {
@@ -14,7 +14,6 @@ typedef struct Module {
 } Module;
 
 static const Module modules[] = {
-        /* { "vault", vaults_init, vaults_done, NULL, NULL }, */
         { "keys", keys_init, keys_done, NULL, NULL },   /* vaults and master keys: daemon/key.c */
         /* the audit log's checkpoints need the default vault */
         { "audit-anchor", audit_anchor_init, audit_anchor_done, NULL, NULL },  /* daemon/audit-anchor.c */

@@ -41,7 +41,7 @@ static struct {
 } limits;
 
 /* What one uid holds right now; freed with its last connection. */
-typedef struct UidUsage {
+struct UidUsage {
         struct UidUsage *next;
         uid_t uid;
         unsigned n_ref;         /* connections not freed yet (their output is still counted) */
@@ -49,13 +49,10 @@ typedef struct UidUsage {
         size_t out_bytes;
         double tokens;
         uint64_t refill_usec;
-} UidUsage;
-static UidUsage *uid_usages;
+};
 #ifndef MIN
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #endif
-static sd_event_source *resume_defer, *resume_timer;
-static uint64_t refused_since_log, last_refusal_log_usec;
 
 struct Connection {
         Manager *manager;
@@ -113,6 +110,7 @@ static bool connection_uid_output_ok(const Connection *c) {
 }
 
 static void connection_account_output(Connection *c, size_t added, size_t removed) {
+        Manager *m = c->manager;
         UidUsage *u = c->usage;
         size_t before;
 
@@ -121,21 +119,21 @@ static void connection_account_output(Connection *c, size_t added, size_t remove
         before = u->out_bytes;
         u->out_bytes = u->out_bytes + added - removed;
         /* connections of this uid paused for its budget may read again */
-        if (removed > 0 && resume_defer &&
+        if (removed > 0 && m->server.resume_defer &&
             ((before >= limits.output_per_uid && u->out_bytes < limits.output_per_uid) ||
              (before >= limits.output_without_grant && u->out_bytes < limits.output_without_grant)))
-                (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_ONESHOT);
+                (void) sd_event_source_set_enabled(m->server.resume_defer, SD_EVENT_ONESHOT);
 }
 
-static UidUsage *uid_usage_find(uid_t uid) {
-        for (UidUsage *u = uid_usages; u; u = u->next)
+static UidUsage *uid_usage_find(Manager *m, uid_t uid) {
+        for (UidUsage *u = m->server.uid_usages; u; u = u->next)
                 if (u->uid == uid)
                         return u;
         return NULL;
 }
 
-static UidUsage *uid_usage_ref(uid_t uid) {
-        UidUsage *u = uid_usage_find(uid);
+static UidUsage *uid_usage_ref(Manager *m, uid_t uid) {
+        UidUsage *u = uid_usage_find(m, uid);
 
         if (!u) {
                 u = calloc(1, sizeof(*u));
@@ -144,18 +142,18 @@ static UidUsage *uid_usage_ref(uid_t uid) {
                 u->uid = uid;
                 u->tokens = 2.0 * limits.rate;
                 u->refill_usec = cmek_monotonic_usec();
-                u->next = uid_usages;
-                uid_usages = u;
+                u->next = m->server.uid_usages;
+                m->server.uid_usages = u;
         }
         u->n_ref++;
         u->n_connections++;
         return u;
 }
 
-static void uid_usage_unref(UidUsage *u) {
+static void uid_usage_unref(Manager *m, UidUsage *u) {
         if (!u || --u->n_ref > 0)
                 return;
-        for (UidUsage **p = &uid_usages; *p; p = &(*p)->next)
+        for (UidUsage **p = &m->server.uid_usages; *p; p = &(*p)->next)
                 if (*p == u) {
                         *p = u->next;
                         break;
@@ -186,23 +184,24 @@ static bool connection_take_token(Connection *c, uint64_t *ret_wait_usec) {
 /* Stop reading this connection until resume_paused() runs: on the next loop iteration
  * (wait_usec 0: its turn is over) or after wait_usec (its uid is over its rate). */
 static void connection_pause(Connection *c, uint64_t wait_usec) {
+        Manager *m = c->manager;
         uint64_t now, when, cur;
         int enabled = SD_EVENT_OFF;
 
         c->paused = true;
         if (wait_usec == 0) {
-                if (resume_defer)
-                        (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_ONESHOT);
+                if (m->server.resume_defer)
+                        (void) sd_event_source_set_enabled(m->server.resume_defer, SD_EVENT_ONESHOT);
                 return;
         }
-        if (!resume_timer || sd_event_now(c->manager->event, CLOCK_MONOTONIC, &now) < 0)
+        if (!m->server.resume_timer || sd_event_now(c->manager->event, CLOCK_MONOTONIC, &now) < 0)
                 return;
         when = now + wait_usec;
-        (void) sd_event_source_get_enabled(resume_timer, &enabled);
-        if (enabled != SD_EVENT_OFF && sd_event_source_get_time(resume_timer, &cur) >= 0 && cur <= when)
+        (void) sd_event_source_get_enabled(m->server.resume_timer, &enabled);
+        if (enabled != SD_EVENT_OFF && sd_event_source_get_time(m->server.resume_timer, &cur) >= 0 && cur <= when)
                 return;
-        (void) sd_event_source_set_time(resume_timer, when);
-        (void) sd_event_source_set_enabled(resume_timer, SD_EVENT_ONESHOT);
+        (void) sd_event_source_set_time(m->server.resume_timer, when);
+        (void) sd_event_source_set_enabled(m->server.resume_timer, SD_EVENT_ONESHOT);
 }
 
 static void resume_paused(Manager *m) {
@@ -261,15 +260,15 @@ static void connection_update_events(Connection *c) {
  * every pending request has been handled, one fdatasync() covers them all. The post source
  * bounds the wait under a continuous stream of requests. */
 #define GROUP_COMMIT_MAX_WAIT_USEC 2000ULL
-static sd_event_source *audit_post_source, *audit_idle_source;
-static uint64_t first_held_usec;
 
 static int connection_flush(Connection *c) {
-        if (c->out_len > 0 && cmek_audit_needs_sync(c->manager->audit)) {
-                if (!first_held_usec)
-                        first_held_usec = cmek_monotonic_usec();
+        Manager *m = c->manager;
+
+        if (c->out_len > 0 && cmek_audit_needs_sync(m->audit)) {
+                if (!m->server.first_held_usec)
+                        m->server.first_held_usec = cmek_monotonic_usec();
                 c->held = true;
-                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_ONESHOT);
+                (void) sd_event_source_set_enabled(m->server.audit_idle_source, SD_EVENT_ONESHOT);
                 return 0;
         }
         while (c->out_len > 0) {
@@ -560,7 +559,10 @@ static const Interface *const interfaces[] = {
         &interface_varlink_service,
         &interface_service,
         &interface_events,
-        DAEMON_EXTRA_INTERFACES
+        &interface_vault,
+        &interface_key,
+        &interface_volume,
+        &interface_metrics,
 };
 
 const Interface *const *manager_interfaces(size_t *ret_n) {
@@ -875,7 +877,7 @@ static void connection_free(Connection *c) {
         }
         connection_account_output(c, 0, c->out_len);
         connection_free_out(c);
-        uid_usage_unref(c->usage);
+        uid_usage_unref(c->manager, c->usage);
         free(c->caller.groups);
         free(c);
 }
@@ -923,12 +925,12 @@ static void connection_refuse(Manager *m, int fd, uid_t uid, const char *why) {
                      "the [limits] section of cmekd.conf(5).\"}}", why);
         if (n > 0 && (size_t) n < sizeof(msg))
                 (void) send(fd, msg, (size_t) n + 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-        refused_since_log++;
-        if (last_refusal_log_usec == 0 || now - last_refusal_log_usec >= REFUSAL_LOG_INTERVAL_USEC) {
+        m->server.refused_since_log++;
+        if (m->server.last_refusal_log_usec == 0 || now - m->server.last_refusal_log_usec >= REFUSAL_LOG_INTERVAL_USEC) {
                 log_warning("Refused %" PRIu64 " connection(s) since the last report (last from uid %u: %s; "
-                            "%u clients connected).", refused_since_log, (unsigned) uid, why, m->n_connections);
-                refused_since_log = 0;
-                last_refusal_log_usec = now;
+                            "%u clients connected).", m->server.refused_since_log, (unsigned) uid, why, m->n_connections);
+                m->server.refused_since_log = 0;
+                m->server.last_refusal_log_usec = now;
         }
 }
 
@@ -978,7 +980,7 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                                 connection_refuse(m, cfd, uc.uid, "too many clients, the remaining slots are reserved for root");
                                 continue;
                         }
-                        u = uid_usage_find(uc.uid);
+                        u = uid_usage_find(m, uc.uid);
                         if (u && u->n_connections >= limits.connections_per_uid) {
                                 connection_refuse(m, cfd, uc.uid, "too many connections from this user");
                                 continue;
@@ -995,7 +997,7 @@ static int on_listen_io(sd_event_source *s, int fd, uint32_t revents, void *user
                         continue;
                 }
                 if (c->caller.uid != 0) {
-                        c->usage = uid_usage_ref(c->caller.uid);
+                        c->usage = uid_usage_ref(m, c->caller.uid);
                         if (!c->usage) {
                                 free(c->caller.groups);
                                 free(c);
@@ -1052,7 +1054,7 @@ static int connection_refuse_held(Connection *c) {
 static int audit_commit(Manager *m) {
         int r, sync_r;
 
-        first_held_usec = 0;
+        m->server.first_held_usec = 0;
         sync_r = cmek_audit_sync(m->audit);
         if (sync_r < 0) {
                 log_error_errno(sync_r, "Failed to sync the audit log: %m");
@@ -1082,11 +1084,11 @@ static int on_audit_idle(sd_event_source *s, void *userdata) {
 
 static int on_audit_post(sd_event_source *s, void *userdata) {
         Manager *m = userdata;
-        if (first_held_usec && cmek_monotonic_usec() - first_held_usec >= GROUP_COMMIT_MAX_WAIT_USEC)
+        if (m->server.first_held_usec && cmek_monotonic_usec() - m->server.first_held_usec >= GROUP_COMMIT_MAX_WAIT_USEC)
                 return audit_commit(m);
         /* lines appended with no reply waiting (the daemon acting by itself) */
-        if (!first_held_usec && cmek_audit_needs_sync(m->audit))
-                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_ONESHOT);
+        if (!m->server.first_held_usec && cmek_audit_needs_sync(m->audit))
+                (void) sd_event_source_set_enabled(m->server.audit_idle_source, SD_EVENT_ONESHOT);
         return 0;
 }
 
@@ -1125,24 +1127,24 @@ int server_listen(Manager *m, int fd) {
         sd_event_source *s;
         int r;
 
-        if (!audit_post_source) {
+        if (!m->server.audit_post_source) {
                 server_apply_limits(m);
-                r = sd_event_add_defer(m->event, &resume_defer, on_resume_defer, m);
+                r = sd_event_add_defer(m->event, &m->server.resume_defer, on_resume_defer, m);
                 if (r < 0)
                         return r;
-                (void) sd_event_source_set_enabled(resume_defer, SD_EVENT_OFF);
-                r = sd_event_add_time(m->event, &resume_timer, CLOCK_MONOTONIC, 0, 1000, on_resume_timer, m);
+                (void) sd_event_source_set_enabled(m->server.resume_defer, SD_EVENT_OFF);
+                r = sd_event_add_time(m->event, &m->server.resume_timer, CLOCK_MONOTONIC, 0, 1000, on_resume_timer, m);
                 if (r < 0)
                         return r;
-                (void) sd_event_source_set_enabled(resume_timer, SD_EVENT_OFF);
-                r = sd_event_add_post(m->event, &audit_post_source, on_audit_post, m);
+                (void) sd_event_source_set_enabled(m->server.resume_timer, SD_EVENT_OFF);
+                r = sd_event_add_post(m->event, &m->server.audit_post_source, on_audit_post, m);
                 if (r < 0)
                         return r;
-                r = sd_event_add_defer(m->event, &audit_idle_source, on_audit_idle, m);
+                r = sd_event_add_defer(m->event, &m->server.audit_idle_source, on_audit_idle, m);
                 if (r < 0)
                         return r;
-                (void) sd_event_source_set_priority(audit_idle_source, SD_EVENT_PRIORITY_IDLE);
-                (void) sd_event_source_set_enabled(audit_idle_source, SD_EVENT_OFF);
+                (void) sd_event_source_set_priority(m->server.audit_idle_source, SD_EVENT_PRIORITY_IDLE);
+                (void) sd_event_source_set_enabled(m->server.audit_idle_source, SD_EVENT_OFF);
         }
         r = fcntl(fd, F_GETFL);
         if (r >= 0)
@@ -1181,10 +1183,10 @@ int server_bind(Manager *m, const char *path) {
 }
 
 void server_done(Manager *m) {
-        resume_defer = sd_event_source_disable_unref(resume_defer);
-        resume_timer = sd_event_source_disable_unref(resume_timer);
-        audit_post_source = sd_event_source_disable_unref(audit_post_source);
-        audit_idle_source = sd_event_source_disable_unref(audit_idle_source);
+        m->server.resume_defer = sd_event_source_disable_unref(m->server.resume_defer);
+        m->server.resume_timer = sd_event_source_disable_unref(m->server.resume_timer);
+        m->server.audit_post_source = sd_event_source_disable_unref(m->server.audit_post_source);
+        m->server.audit_idle_source = sd_event_source_disable_unref(m->server.audit_idle_source);
         while (m->connections) {
                 Connection *c = m->connections;
                 connection_kill(c);

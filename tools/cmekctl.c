@@ -11,7 +11,12 @@
 bool arg_json = false;
 const char *arg_socket = NULL;
 
-static const Verb *const verb_tables[] = { service_verbs, CTL_EXTRA_VERB_TABLES NULL };
+static const Verb *const verb_tables[] = {
+        service_verbs,
+        key_verbs,
+        volume_verbs,
+        NULL,
+};
 
 void ctl_print_json(json_object *o) {
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));

@@ -50,5 +50,7 @@ void ctl_print_field(const char *name, const char *value);
 #define CTL_OPTION_JSON { "json", no_argument, NULL, 'J' }
 
 /* Verb tables defined by each tools/cmekctl-*.c, NULL-terminated (name == NULL). */
-extern const Verb service_verbs[];   /* status, policy check, audit show/verify */
-#include "cmekctl-verbs.h"           /* CTL_EXTRA_VERB_TABLES: the other modules' tables */
+/* The verb tables, one per tools/cmekctl-<group>.c; listed in cmekctl.c's verb_tables[]. */
+extern const Verb service_verbs[];   /* tools/cmekctl.c: status, policy check, audit show/verify */
+extern const Verb key_verbs[];       /* tools/cmekctl-key.c: vault, key */
+extern const Verb volume_verbs[];    /* tools/cmekctl-volume.c: volume */
