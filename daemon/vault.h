@@ -8,6 +8,7 @@
 #include <json-c/json.h>
 #include <p11-kit/pkcs11.h>
 
+#include "cmek-protocol.h"
 #include "cmek-util.h"
 
 typedef struct Vault Vault;
@@ -70,20 +71,20 @@ int vault_secret_get_flags(Vault *v, CK_OBJECT_HANDLE h, VaultKeyFlags *ret);
 /* Sets CKA_ENCRYPT/CKA_DECRYPT; -EOPNOTSUPP when the token refuses. */
 int vault_secret_set_usage(Vault *v, CK_OBJECT_HANDLE h, bool usable);
 
-/* AES-GCM, 12-byte IV, 16-byte tag. Encrypt picks a random IV. Decrypt: -EBADMSG when the
+/* AES-GCM, CMEK_GCM_IV_SIZE-byte IV, CMEK_GCM_TAG_SIZE-byte tag. Encrypt picks a random IV. Decrypt: -EBADMSG when the
  * tag does not verify, -EKEYREVOKED when the token refuses the key for this use;
  * ret_pt is cmek_secure_alloc()ed. */
 int vault_gcm_encrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const void *pt, size_t pt_size, uint8_t iv[12], void *ret_ct, uint8_t tag[16]);
+                      const void *pt, size_t pt_size, uint8_t iv[CMEK_GCM_IV_SIZE], void *ret_ct, uint8_t tag[CMEK_GCM_TAG_SIZE]);
 int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                      const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                       void **ret_pt);
 /* The flags and the decryption of the secret key labelled label, through a label -> handle cache
  * (no C_FindObjects on the hot path). The cache is emptied when the session is lost and when any
  * object is destroyed; an operation that fails through a cached handle looks the label up again. */
 int vault_secret_get_flags_by_label(Vault *v, const char *label, VaultKeyFlags *ret);
 int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, size_t aad_size,
-                               const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                               const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                                void **ret_pt);
 int vault_random(Vault *v, void *buf, size_t n);
 

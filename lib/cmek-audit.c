@@ -289,12 +289,12 @@ static int add_int(json_object *o, const char *key, int64_t i) {
 }
 
 static int format_time(uint64_t usec, char ret[static 32]) {
-        time_t t = (time_t) (usec / 1000000U);
+        time_t t = (time_t) (usec / USEC_PER_SEC);
         struct tm tm;
 
         if (!gmtime_r(&t, &tm) || strftime(ret, 21, "%Y-%m-%dT%H:%M:%S", &tm) != 19)
                 return -ERANGE;
-        (void) snprintf(ret + 19, 32 - 19, ".%06uZ", (unsigned) (usec % 1000000U));
+        (void) snprintf(ret + 19, 32 - 19, ".%06uZ", (unsigned) (usec % USEC_PER_SEC));
         return 0;
 }
 

@@ -81,5 +81,6 @@ bool cmek_string_has_cc(const char *s);
 char *cmek_cescape(const char *s);
 /* The same into buf (always NUL-terminated; cut at a character boundary if it does not fit). */
 size_t cmek_cescape_buf(const char *s, char *buf, size_t size);
+#define USEC_PER_SEC 1000000ULL
 uint64_t cmek_now_usec(void);          /* CLOCK_REALTIME, µs */
 uint64_t cmek_monotonic_usec(void);
