@@ -31,6 +31,15 @@ static inline void fclosep(void *p);
 #include <stdio.h>
 static inline void fclosep(void *p) { FILE **f = p; if (*f) (void) fclose(*f); }
 
+/* DEFINE_TRIVIAL_CLEANUP_FUNC(Foo *, foo_free) defines foo_freep(), for _cleanup_(foo_freep) Foo *f = NULL
+ * (as systemd's): calls foo_free() on a non-NULL pointer when the variable goes out of scope. Structs
+ * on the stack with a done function (KeyInfo, CmekToken) use it directly: _cleanup_(key_info_done). */
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)                 \
+        static inline void func##p(type *p) {                   \
+                if (*p)                                         \
+                        (void) func(*p);                        \
+        }
+
 #define _cleanup_free_ _cleanup_(freep)
 #define _cleanup_close_ _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
