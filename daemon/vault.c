@@ -1560,6 +1560,35 @@ typedef struct ImportArgs {
         CK_ULONG value_len;
 } ImportArgs;
 
+int vault_oaep_decode(const uint8_t *raw, size_t raw_size, size_t mod_size, uint8_t *ret_key) {
+        int key_size;
+
+        key_size = RSA_padding_check_PKCS1_OAEP_mgf1(ret_key, (int) mod_size, raw, (int) raw_size, (int) mod_size,
+                                                     NULL, 0, EVP_sha256(), EVP_sha256());
+        if (key_size <= 0)
+                return -EBADMSG;
+        if (!valid_aes_len((unsigned long) key_size))
+                return -EMSGSIZE;
+        return key_size;
+}
+
+int vault_import_blob_check(VaultWrapAlgorithm alg, size_t blob_size, size_t mod_size, size_t *ret_kwp_size) {
+        size_t kwp;
+
+        if (alg == VAULT_WRAP_RSA_OAEP_SHA256) {
+                if (blob_size != mod_size)
+                        return -EMSGSIZE;
+                *ret_kwp_size = 0;
+                return 0;
+        }
+        /* RFC 5649 output for a 16/24/32-byte key is 24/32/40 bytes */
+        kwp = blob_size > mod_size ? blob_size - mod_size : 0;
+        if (kwp != 24 && kwp != 32 && kwp != 40)
+                return -EMSGSIZE;
+        *ret_kwp_size = kwp;
+        return 0;
+}
+
 /* RSA-OAEP(SHA-256, MGF1-SHA-256) unwrap of block (mod_size bytes) into a new key object.
  * Tokens that cannot do OAEP with SHA-256 (SoftHSM2 2.6 knows only SHA-1) get a raw RSA
  * decryption in the token and the OAEP decoding here, in locked memory; the key then enters
@@ -1594,14 +1623,9 @@ static CK_RV unwrap_oaep(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE rsa, co
                 rv = v->module->C_Decrypt(s, (CK_BYTE *) block, mod_size, raw, &raw_size);
         if (rv != CKR_OK)
                 goto out;
-        key_size = RSA_padding_check_PKCS1_OAEP_mgf1(key, (int) mod_size, raw, (int) raw_size, (int) mod_size,
-                                                     NULL, 0, EVP_sha256(), EVP_sha256());
-        if (key_size <= 0) {
-                rv = CKR_WRAPPED_KEY_INVALID;
-                goto out;
-        }
-        if (!valid_aes_len((unsigned long) key_size)) {
-                rv = CKR_WRAPPED_KEY_LEN_RANGE;
+        key_size = vault_oaep_decode(raw, raw_size, mod_size, key);
+        if (key_size < 0) {
+                rv = key_size == -EMSGSIZE ? CKR_WRAPPED_KEY_LEN_RANGE : CKR_WRAPPED_KEY_INVALID;
                 goto out;
         }
         memcpy(t, tmpl, n_tmpl * sizeof(CK_ATTRIBUTE));
@@ -1651,15 +1675,12 @@ static CK_RV import_key(Vault *v, CK_SESSION_HANDLE s, ImportArgs *a) {
                         return rv;
         }
 
-        if (a->alg == VAULT_WRAP_RSA_OAEP_SHA256) {
-                if (a->blob_size != mod_size)
-                        return CKR_WRAPPED_KEY_LEN_RANGE;
+        size_t kwp;
+        if (vault_import_blob_check(a->alg, a->blob_size, mod_size, &kwp) < 0)
+                return CKR_WRAPPED_KEY_LEN_RANGE;
+        if (a->alg == VAULT_WRAP_RSA_OAEP_SHA256)
                 rv = unwrap_oaep(v, s, rsa, a->blob, mod_size, final, ARRAY_SIZE(final), &key);
-        } else {
-                /* RFC 5649 output for a 16/24/32-byte key is 24/32/40 bytes */
-                size_t kwp = a->blob_size > mod_size ? a->blob_size - mod_size : 0;
-                if (kwp != 24 && kwp != 32 && kwp != 40)
-                        return CKR_WRAPPED_KEY_LEN_RANGE;
+        else {
                 kwp_len = kwp - 8;
                 rv = unwrap_oaep(v, s, rsa, a->blob, mod_size, tmp, ARRAY_SIZE(tmp), &ephemeral);
                 if (rv != CKR_OK)

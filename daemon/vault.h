@@ -108,6 +108,15 @@ typedef enum VaultWrapAlgorithm {
 } VaultWrapAlgorithm;
 const char *vault_wrap_algorithm_to_string(VaultWrapAlgorithm a);
 VaultWrapAlgorithm vault_wrap_algorithm_from_string(const char *s);
+/* The import blob's size for alg and a wrapping key of mod_size bytes: the RSA-OAEP block, and for
+ * RSA_OAEP_AES_SHA256 an RFC 5649 AES-KWP part of 24, 32 or 40 bytes (*ret_kwp_size; 0 for
+ * RSA_OAEP_SHA256). -EMSGSIZE otherwise. Pure: the fuzzer fuzz-import calls it. */
+int vault_import_blob_check(VaultWrapAlgorithm alg, size_t blob_size, size_t mod_size, size_t *ret_kwp_size);
+/* OAEP(SHA-256, MGF1-SHA-256) decoding of a raw RSA block (raw_size bytes, modulus mod_size bytes)
+ * into ret_key (mod_size bytes, locked memory): the AES key's length, -EBADMSG when the block does
+ * not decode, -EMSGSIZE when the key is not 16, 24 or 32 bytes. The import fallback for tokens
+ * without OAEP-SHA-256; pure: the fuzzer fuzz-import calls it. */
+int vault_oaep_decode(const uint8_t *raw, size_t raw_size, size_t mod_size, uint8_t *ret_key);
 
 /* The RSA wrapping key's public half as PEM; generated on first call when create is set,
  * else -ENOENT. */
