@@ -20,6 +20,8 @@ build() {
         flags="-g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
         cflags="-include $top_builddir/config.h -I$top_srcdir/include -I$top_srcdir/lib -I$top_srcdir/daemon \
                 -I$top_srcdir/tests/fuzz $(pkg-config --cflags $pcs)"
+        # the daemon's directories (Makefile.am's AM_CPPFLAGS); no fuzzed code path opens them
+        cflags="$cflags -DRUNSTATEDIR=\"/run\" -DLOCALSTATEDIR=\"/var\" -DSYSCONFDIR=\"/etc\" -DTOKENDIR=\"/nonexistent\""
         libs="$(pkg-config --libs $pcs)"
         # the real daemon code, as make check's fuzzers link it (libcmekd-core.la): lib/ and every
         # daemon file but main()'s
