@@ -35,8 +35,6 @@ typedef struct KeyInfo {
 } KeyInfo;
 void key_info_done(KeyInfo *k);
 
-#define CMEK_GCM_IV_SIZE 12
-#define CMEK_GCM_TAG_SIZE 16
 
 /* Look a key up by id or name (re-reading its state from the token). -ENOENT when unknown. */
 int key_lookup(Manager *m, const char *id_or_name, KeyInfo *ret);

@@ -25,7 +25,7 @@
 #include "vault.h"
 
 #define PIN_MAX 256U
-#define VAULT_RETRY_USEC (5ULL * 1000000ULL)
+#define VAULT_RETRY_USEC (5ULL * USEC_PER_SEC)
 #define VAULT_HANDLE_CACHE_MAX 64U
 
 struct Vault {
@@ -529,25 +529,32 @@ const char *vault_unavailable_reason(Vault *v) {
         return NULL;
 }
 
-/* Runs one token operation in the vault's session; reconnects and retries once when the
- * session or the login was lost (token re-inserted, p11-kit server restarted, ...). */
-#define VAULT_RUN(v, s, rv, call)                                               \
-        do {                                                                    \
-                for (unsigned _attempt = 0;; _attempt++) {                      \
-                        int _r = vault_connect(v);                              \
-                        if (_r < 0)                                             \
-                                return _r;                                      \
-                        (s) = (v)->session;                                     \
-                        (rv) = (call);                                          \
-                        if (_attempt == 0 && rv_session_lost(rv)) {             \
-                                log_debug("Vault '%s': session lost (%s), reconnecting.", \
-                                          (v)->name, p11_kit_strerror(rv));     \
-                                vault_drop_session(v);                          \
-                                continue;                                       \
-                        }                                                       \
-                        break;                                                  \
-                }                                                               \
-        } while (0)
+/* The session retry loop of every token operation: runs it in the vault's session, and once more
+ * after reconnecting when the session or the login was lost (token re-inserted, p11-kit server
+ * restarted, ...). Written out at each call site, so that every return is visible there:
+ *
+ *         for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+ *                 rv = C_Something(s, ...);
+ *         if (r < 0)
+ *                 return r;
+ *
+ * Returns 1: (re)connected, *s is the session, run the operation (again); 0: done, *rv is its
+ * result; or the -errno of a failed (re)connect. *rv is read only after the first attempt. */
+static int vault_attempt(Vault *v, unsigned attempt, const CK_RV *rv, CK_SESSION_HANDLE *s) {
+        int r;
+
+        if (attempt > 1 || (attempt == 1 && !rv_session_lost(*rv)))
+                return 0;
+        if (attempt == 1) {
+                log_debug("Vault '%s': session lost (%s), reconnecting.", v->name, p11_kit_strerror(*rv));
+                vault_drop_session(v);
+        }
+        r = vault_connect(v);
+        if (r < 0)
+                return r;
+        *s = v->session;
+        return 1;
+}
 
 /* --- config --- */
 
@@ -921,8 +928,12 @@ static CK_RV data_find(Vault *v, CK_SESSION_HANDLE s, const char *label, VaultDa
 int vault_data_find(Vault *v, const char *label, VaultData **ret, size_t *ret_n) {
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, data_find(v, s, label, ret, ret_n));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = data_find(v, s, label, ret, ret_n);
+        if (r < 0)
+                return r;
         return vault_rv_to_errno(rv);
 }
 
@@ -941,8 +952,12 @@ int vault_data_create(Vault *v, const char *label, const char *value, CK_OBJECT_
         CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_CreateObject(s, tmpl, ARRAY_SIZE(tmpl), &h));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_CreateObject(s, tmpl, ARRAY_SIZE(tmpl), &h);
+        if (r < 0)
+                return r;
         cmek_fault("vault-after-create-object");
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
@@ -955,8 +970,12 @@ int vault_data_update(Vault *v, CK_OBJECT_HANDLE h, const char *value) {
         CK_ATTRIBUTE a = { CKA_VALUE, (void *) value, strlen(value) };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_SetAttributeValue(s, h, &a, 1));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_SetAttributeValue(s, h, &a, 1);
+        if (r < 0)
+                return r;
         if (rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_ACTION_PROHIBITED || rv == CKR_ATTRIBUTE_TYPE_INVALID)
                 return -EOPNOTSUPP;
         return vault_rv_to_errno(rv);
@@ -965,10 +984,14 @@ int vault_data_update(Vault *v, CK_OBJECT_HANDLE h, const char *value) {
 int vault_object_destroy(Vault *v, CK_OBJECT_HANDLE h) {
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
         cmek_fault("vault-before-destroy-object");
         vault_handles_forget(v);        /* a token may hand the handle out again */
-        VAULT_RUN(v, s, rv, v->module->C_DestroyObject(s, h));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_DestroyObject(s, h);
+        if (r < 0)
+                return r;
         return vault_rv_to_errno(rv);
 }
 
@@ -995,8 +1018,12 @@ static CK_RV find_one(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const 
 int vault_secret_find(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) {
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, find_one(v, s, CKO_SECRET_KEY, label, ret));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = find_one(v, s, CKO_SECRET_KEY, label, ret);
+        if (r < 0)
+                return r;
         return vault_rv_to_errno(rv);
 }
 
@@ -1050,10 +1077,14 @@ int vault_secret_generate(Vault *v, const char *label, const char *id, unsigned 
         CK_MECHANISM mech = { CKM_AES_KEY_GEN, NULL, 0 };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
         if (!valid_aes_len(bytes))
                 return -EINVAL;
-        VAULT_RUN(v, s, rv, v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret);
+        if (r < 0)
+                return r;
         cmek_fault("vault-after-generate-key");
         return vault_rv_to_errno(rv);
 }
@@ -1070,8 +1101,12 @@ int vault_secret_get_flags(Vault *v, CK_OBJECT_HANDLE h, VaultKeyFlags *ret) {
         };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_GetAttributeValue(s, h, a, ARRAY_SIZE(a)));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_GetAttributeValue(s, h, a, ARRAY_SIZE(a));
+        if (r < 0)
+                return r;
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
         *ret = (VaultKeyFlags) { .encrypt = enc, .decrypt = dec, .sensitive = sens, .extractable = ext, .value_len = len };
@@ -1086,8 +1121,12 @@ int vault_secret_set_usage(Vault *v, CK_OBJECT_HANDLE h, bool usable) {
         };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_SetAttributeValue(s, h, a, ARRAY_SIZE(a)));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_SetAttributeValue(s, h, a, ARRAY_SIZE(a));
+        if (r < 0)
+                return r;
         if (rv == CKR_ATTRIBUTE_READ_ONLY || rv == CKR_ACTION_PROHIBITED)
                 return -EOPNOTSUPP;
         return vault_rv_to_errno(rv);
@@ -1106,32 +1145,36 @@ static CK_RV gcm_encrypt(Vault *v, CK_SESSION_HANDLE s, CK_MECHANISM *mech, CK_O
 }
 
 int vault_gcm_encrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const void *pt, size_t pt_size, uint8_t iv[12], void *ret_ct, uint8_t tag[16]) {
-        uint8_t nonce[12];
+                      const void *pt, size_t pt_size, uint8_t iv[CMEK_GCM_IV_SIZE], void *ret_ct, uint8_t tag[CMEK_GCM_TAG_SIZE]) {
+        uint8_t nonce[CMEK_GCM_IV_SIZE];
         CK_GCM_PARAMS p = {
                 .pIv = nonce, .ulIvLen = sizeof(nonce), .ulIvBits = sizeof(nonce) * 8,
-                .pAAD = (CK_BYTE *) aad, .ulAADLen = aad_size, .ulTagBits = 128,
+                .pAAD = (CK_BYTE *) aad, .ulAADLen = aad_size, .ulTagBits = CMEK_GCM_TAG_SIZE * 8,
         };
         CK_MECHANISM mech = { CKM_AES_GCM, &p, sizeof(p) };
         _cleanup_free_ uint8_t *out = NULL;
         CK_ULONG out_size;
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
         if (RAND_bytes(nonce, sizeof(nonce)) != 1)
                 return -EIO;
-        out = malloc(pt_size + 16);
+        out = malloc(pt_size + CMEK_GCM_TAG_SIZE);
         if (!out)
                 return -ENOMEM;
-        out_size = pt_size + 16;
-        VAULT_RUN(v, s, rv, gcm_encrypt(v, s, &mech, h, pt, pt_size, out, &out_size));
+        out_size = pt_size + CMEK_GCM_TAG_SIZE;
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = gcm_encrypt(v, s, &mech, h, pt, pt_size, out, &out_size);
+        if (r < 0)
+                return r;
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
-        if (out_size != pt_size + 16)
+        if (out_size != pt_size + CMEK_GCM_TAG_SIZE)
                 return -EIO;
         memcpy(iv, nonce, sizeof(nonce));
         memcpy(ret_ct, out, pt_size);
-        memcpy(tag, out + pt_size, 16);
+        memcpy(tag, out + pt_size, CMEK_GCM_TAG_SIZE);
         return 0;
 }
 
@@ -1144,11 +1187,11 @@ static CK_RV gcm_decrypt(Vault *v, CK_SESSION_HANDLE s, CK_MECHANISM *mech, CK_O
 }
 
 int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                      const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                       void **ret_pt) {
         CK_GCM_PARAMS p = {
-                .pIv = (CK_BYTE *) iv, .ulIvLen = 12, .ulIvBits = 96,
-                .pAAD = (CK_BYTE *) aad, .ulAADLen = aad_size, .ulTagBits = 128,
+                .pIv = (CK_BYTE *) iv, .ulIvLen = CMEK_GCM_IV_SIZE, .ulIvBits = CMEK_GCM_IV_SIZE * 8,
+                .pAAD = (CK_BYTE *) aad, .ulAADLen = aad_size, .ulTagBits = CMEK_GCM_TAG_SIZE * 8,
         };
         CK_MECHANISM mech = { CKM_AES_GCM, &p, sizeof(p) };
         _cleanup_free_ uint8_t *in = NULL;
@@ -1156,15 +1199,19 @@ int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_
         CK_ULONG out_size;
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        in = malloc(ct_size + 16);
-        out = cmek_secure_alloc(ct_size + 16);
+        in = malloc(ct_size + CMEK_GCM_TAG_SIZE);
+        out = cmek_secure_alloc(ct_size + CMEK_GCM_TAG_SIZE);
         if (!in || !out)
                 return -ENOMEM;
         memcpy(in, ct, ct_size);
-        memcpy(in + ct_size, tag, 16);
-        out_size = ct_size + 16;
-        VAULT_RUN(v, s, rv, gcm_decrypt(v, s, &mech, h, in, ct_size + 16, out, &out_size));
+        memcpy(in + ct_size, tag, CMEK_GCM_TAG_SIZE);
+        out_size = ct_size + CMEK_GCM_TAG_SIZE;
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = gcm_decrypt(v, s, &mech, h, in, ct_size + CMEK_GCM_TAG_SIZE, out, &out_size);
+        if (r < 0)
+                return r;
         if (rv == CKR_GENERAL_ERROR || rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE)
                 return -EBADMSG;        /* SoftHSM2 reports a tag mismatch in several ways */
         if (rv != CKR_OK)
@@ -1198,7 +1245,7 @@ int vault_secret_get_flags_by_label(Vault *v, const char *label, VaultKeyFlags *
 }
 
 int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, size_t aad_size,
-                               const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                               const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                                void **ret_pt) {
         CK_OBJECT_HANDLE h;
         int r;
@@ -1242,8 +1289,12 @@ int vault_hmac_key_generate(Vault *v, const char *label, CK_OBJECT_HANDLE *ret) 
         CK_MECHANISM mech = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_GenerateKey(s, &mech, tmpl, ARRAY_SIZE(tmpl), ret);
+        if (r < 0)
+                return r;
         cmek_fault("vault-after-generate-hmac-key");
         return vault_rv_to_errno(rv);
 }
@@ -1262,8 +1313,12 @@ int vault_hmac_sha256(Vault *v, CK_OBJECT_HANDLE h, const void *data, size_t n, 
         CK_ULONG out_size = sizeof(out);
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, hmac_sign(v, s, h, data, n, out, &out_size));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = hmac_sign(v, s, h, data, n, out, &out_size);
+        if (r < 0)
+                return r;
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
         if (out_size != 32)
@@ -1283,8 +1338,12 @@ int vault_secret_is_sealed_hmac(Vault *v, CK_OBJECT_HANDLE h) {
         };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, v->module->C_GetAttributeValue(s, h, a, ARRAY_SIZE(a)));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = v->module->C_GetAttributeValue(s, h, a, ARRAY_SIZE(a));
+        if (r < 0)
+                return r;
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
         return sens && !ext && never && type == CKK_GENERIC_SECRET;
@@ -1384,19 +1443,33 @@ int vault_wrapping_key_pem(Vault *v, bool create, char **ret_pem) {
         CK_OBJECT_HANDLE pub;
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
-        VAULT_RUN(v, s, rv, find_one(v, s, CKO_PUBLIC_KEY, VAULT_WRAPPING_KEY_LABEL, &pub));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = find_one(v, s, CKO_PUBLIC_KEY, VAULT_WRAPPING_KEY_LABEL, &pub);
+        if (r < 0)
+                return r;
         if (rv == CKR_OBJECT_HANDLE_INVALID) {
                 if (!create)
                         return -ENOENT;
                 log_info("Generating the RSA-%u wrapping key of vault '%s'.", VAULT_WRAPPING_KEY_BITS, v->name);
-                VAULT_RUN(v, s, rv, generate_wrapping_key(v, s, &pub));
+                for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                        rv = generate_wrapping_key(v, s, &pub);
+                if (r < 0)
+                        return r;
         }
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
-        VAULT_RUN(v, s, rv, get_attr(v, s, pub, CKA_MODULUS, &n, &n_size));
-        if (rv == CKR_OK)
-                VAULT_RUN(v, s, rv, get_attr(v, s, pub, CKA_PUBLIC_EXPONENT, &e, &e_size));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = get_attr(v, s, pub, CKA_MODULUS, &n, &n_size);
+        if (r < 0)
+                return r;
+        if (rv == CKR_OK) {
+                for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                        rv = get_attr(v, s, pub, CKA_PUBLIC_EXPONENT, &e, &e_size);
+                if (r < 0)
+                        return r;
+        }
         if (rv != CKR_OK)
                 return vault_rv_to_errno(rv);
         return rsa_pem((uint8_t *) n, n_size, (uint8_t *) e, e_size, ret_pem);
@@ -1410,6 +1483,35 @@ typedef struct ImportArgs {
         CK_OBJECT_HANDLE result;
         CK_ULONG value_len;
 } ImportArgs;
+
+int vault_oaep_decode(const uint8_t *raw, size_t raw_size, size_t mod_size, uint8_t *ret_key) {
+        int key_size;
+
+        key_size = RSA_padding_check_PKCS1_OAEP_mgf1(ret_key, (int) mod_size, raw, (int) raw_size, (int) mod_size,
+                                                     NULL, 0, EVP_sha256(), EVP_sha256());
+        if (key_size <= 0)
+                return -EBADMSG;
+        if (!valid_aes_len((unsigned long) key_size))
+                return -EMSGSIZE;
+        return key_size;
+}
+
+int vault_import_blob_check(VaultWrapAlgorithm alg, size_t blob_size, size_t mod_size, size_t *ret_kwp_size) {
+        size_t kwp;
+
+        if (alg == VAULT_WRAP_RSA_OAEP_SHA256) {
+                if (blob_size != mod_size)
+                        return -EMSGSIZE;
+                *ret_kwp_size = 0;
+                return 0;
+        }
+        /* RFC 5649 output for a 16/24/32-byte key is 24/32/40 bytes */
+        kwp = blob_size > mod_size ? blob_size - mod_size : 0;
+        if (kwp != 24 && kwp != 32 && kwp != 40)
+                return -EMSGSIZE;
+        *ret_kwp_size = kwp;
+        return 0;
+}
 
 /* RSA-OAEP(SHA-256, MGF1-SHA-256) unwrap of block (mod_size bytes) into a new key object.
  * Tokens that cannot do OAEP with SHA-256 (SoftHSM2 2.6 knows only SHA-1) get a raw RSA
@@ -1445,14 +1547,9 @@ static CK_RV unwrap_oaep(Vault *v, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE rsa, co
                 rv = v->module->C_Decrypt(s, (CK_BYTE *) block, mod_size, raw, &raw_size);
         if (rv != CKR_OK)
                 goto out;
-        key_size = RSA_padding_check_PKCS1_OAEP_mgf1(key, (int) mod_size, raw, (int) raw_size, (int) mod_size,
-                                                     NULL, 0, EVP_sha256(), EVP_sha256());
-        if (key_size <= 0) {
-                rv = CKR_WRAPPED_KEY_INVALID;
-                goto out;
-        }
-        if (!valid_aes_len((unsigned long) key_size)) {
-                rv = CKR_WRAPPED_KEY_LEN_RANGE;
+        key_size = vault_oaep_decode(raw, raw_size, mod_size, key);
+        if (key_size < 0) {
+                rv = key_size == -EMSGSIZE ? CKR_WRAPPED_KEY_LEN_RANGE : CKR_WRAPPED_KEY_INVALID;
                 goto out;
         }
         memcpy(t, tmpl, n_tmpl * sizeof(CK_ATTRIBUTE));
@@ -1502,15 +1599,12 @@ static CK_RV import_key(Vault *v, CK_SESSION_HANDLE s, ImportArgs *a) {
                         return rv;
         }
 
-        if (a->alg == VAULT_WRAP_RSA_OAEP_SHA256) {
-                if (a->blob_size != mod_size)
-                        return CKR_WRAPPED_KEY_LEN_RANGE;
+        size_t kwp;
+        if (vault_import_blob_check(a->alg, a->blob_size, mod_size, &kwp) < 0)
+                return CKR_WRAPPED_KEY_LEN_RANGE;
+        if (a->alg == VAULT_WRAP_RSA_OAEP_SHA256)
                 rv = unwrap_oaep(v, s, rsa, a->blob, mod_size, final, ARRAY_SIZE(final), &key);
-        } else {
-                /* RFC 5649 output for a 16/24/32-byte key is 24/32/40 bytes */
-                size_t kwp = a->blob_size > mod_size ? a->blob_size - mod_size : 0;
-                if (kwp != 24 && kwp != 32 && kwp != 40)
-                        return CKR_WRAPPED_KEY_LEN_RANGE;
+        else {
                 kwp_len = kwp - 8;
                 rv = unwrap_oaep(v, s, rsa, a->blob, mod_size, tmp, ARRAY_SIZE(tmp), &ephemeral);
                 if (rv != CKR_OK)
@@ -1531,8 +1625,8 @@ static CK_RV import_key(Vault *v, CK_SESSION_HANDLE s, ImportArgs *a) {
                 len = kwp_len;
         if (rv == CKR_OK && valid_aes_len(len)) {
                 /* the declared length must be the real one: an AES key of another size fails here */
-                uint8_t iv[12] = {}, buf[16] = {}, out[32];
-                CK_GCM_PARAMS p = { .pIv = iv, .ulIvLen = 12, .ulIvBits = 96, .ulTagBits = 128 };
+                uint8_t iv[CMEK_GCM_IV_SIZE] = {}, buf[16] = {}, out[16 + CMEK_GCM_TAG_SIZE];
+                CK_GCM_PARAMS p = { .pIv = iv, .ulIvLen = CMEK_GCM_IV_SIZE, .ulIvBits = CMEK_GCM_IV_SIZE * 8, .ulTagBits = CMEK_GCM_TAG_SIZE * 8 };
                 CK_MECHANISM m = { CKM_AES_GCM, &p, sizeof(p) };
                 CK_ULONG out_len = sizeof(out);
                 rv = v->module->C_EncryptInit(s, &m, key);
@@ -1555,17 +1649,21 @@ int vault_secret_import(Vault *v, VaultWrapAlgorithm alg, const void *blob, size
         ImportArgs a = { .alg = alg, .blob = blob, .blob_size = blob_size, .label = label, .id = id };
         CK_SESSION_HANDLE s;
         CK_RV rv;
+        int r;
 
         if (alg < 0 || alg >= _VAULT_WRAP_MAX)
                 return -EINVAL;
-        VAULT_RUN(v, s, rv, import_key(v, s, &a));
+        for (unsigned attempt = 0; (r = vault_attempt(v, attempt, &rv, &s)) > 0; attempt++)
+                rv = import_key(v, s, &a);
+        if (r < 0)
+                return r;
         if (rv == CKR_OBJECT_HANDLE_INVALID)
                 return -ENOKEY;         /* no wrapping key yet */
         if (rv == CKR_WRAPPED_KEY_LEN_RANGE)
                 return -EMSGSIZE;
         if (rv != CKR_OK) {
                 log_debug("Import into vault '%s' failed: %s", v->name, p11_kit_strerror(rv));
-                int r = vault_rv_to_errno(rv);
+                r = vault_rv_to_errno(rv);
                 /* any refusal of the blob's content is a bad blob */
                 return r == -EIO || r == -EOPNOTSUPP ? -EBADMSG : r;
         }

@@ -8,6 +8,7 @@
 #include <json-c/json.h>
 #include <p11-kit/pkcs11.h>
 
+#include "cmek-protocol.h"
 #include "cmek-util.h"
 #include "config.h"
 
@@ -71,20 +72,20 @@ int vault_secret_get_flags(Vault *v, CK_OBJECT_HANDLE h, VaultKeyFlags *ret);
 /* Sets CKA_ENCRYPT/CKA_DECRYPT; -EOPNOTSUPP when the token refuses. */
 int vault_secret_set_usage(Vault *v, CK_OBJECT_HANDLE h, bool usable);
 
-/* AES-GCM, 12-byte IV, 16-byte tag. Encrypt picks a random IV. Decrypt: -EBADMSG when the
+/* AES-GCM, CMEK_GCM_IV_SIZE-byte IV, CMEK_GCM_TAG_SIZE-byte tag. Encrypt picks a random IV. Decrypt: -EBADMSG when the
  * tag does not verify, -EKEYREVOKED when the token refuses the key for this use;
  * ret_pt is cmek_secure_alloc()ed. */
 int vault_gcm_encrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const void *pt, size_t pt_size, uint8_t iv[12], void *ret_ct, uint8_t tag[16]);
+                      const void *pt, size_t pt_size, uint8_t iv[CMEK_GCM_IV_SIZE], void *ret_ct, uint8_t tag[CMEK_GCM_TAG_SIZE]);
 int vault_gcm_decrypt(Vault *v, CK_OBJECT_HANDLE h, const void *aad, size_t aad_size,
-                      const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                      const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                       void **ret_pt);
 /* The flags and the decryption of the secret key labelled label, through a label -> handle cache
  * (no C_FindObjects on the hot path). The cache is emptied when the session is lost and when any
  * object is destroyed; an operation that fails through a cached handle looks the label up again. */
 int vault_secret_get_flags_by_label(Vault *v, const char *label, VaultKeyFlags *ret);
 int vault_gcm_decrypt_by_label(Vault *v, const char *label, const void *aad, size_t aad_size,
-                               const uint8_t iv[12], const void *ct, size_t ct_size, const uint8_t tag[16],
+                               const uint8_t iv[CMEK_GCM_IV_SIZE], const void *ct, size_t ct_size, const uint8_t tag[CMEK_GCM_TAG_SIZE],
                                void **ret_pt);
 int vault_random(Vault *v, void *buf, size_t n);
 
@@ -108,6 +109,15 @@ typedef enum VaultWrapAlgorithm {
 } VaultWrapAlgorithm;
 const char *vault_wrap_algorithm_to_string(VaultWrapAlgorithm a);
 VaultWrapAlgorithm vault_wrap_algorithm_from_string(const char *s);
+/* The import blob's size for alg and a wrapping key of mod_size bytes: the RSA-OAEP block, and for
+ * RSA_OAEP_AES_SHA256 an RFC 5649 AES-KWP part of 24, 32 or 40 bytes (*ret_kwp_size; 0 for
+ * RSA_OAEP_SHA256). -EMSGSIZE otherwise. Pure: the fuzzer fuzz-import calls it. */
+int vault_import_blob_check(VaultWrapAlgorithm alg, size_t blob_size, size_t mod_size, size_t *ret_kwp_size);
+/* OAEP(SHA-256, MGF1-SHA-256) decoding of a raw RSA block (raw_size bytes, modulus mod_size bytes)
+ * into ret_key (mod_size bytes, locked memory): the AES key's length, -EBADMSG when the block does
+ * not decode, -EMSGSIZE when the key is not 16, 24 or 32 bytes. The import fallback for tokens
+ * without OAEP-SHA-256; pure: the fuzzer fuzz-import calls it. */
+int vault_oaep_decode(const uint8_t *raw, size_t raw_size, size_t mod_size, uint8_t *ret_key);
 
 /* The RSA wrapping key's public half as PEM; generated on first call when create is set,
  * else -ENOENT. */

@@ -10,6 +10,11 @@
 #define CMEK_MAX_REQUEST_SIZE (128U * 1024U)
 #define CMEK_MAX_REPLY_SIZE (64U * 1024U * 1024U)
 
+/* AES-256-GCM, as every part of the broker uses it (the cmek token's wrapped DEK, Key.Encrypt and
+ * Key.Decrypt's "iv" and "tag", software-mode key sealing, the vault's token operations) */
+#define CMEK_GCM_IV_SIZE 12
+#define CMEK_GCM_TAG_SIZE 16
+
 /* Varlink's own errors */
 #define VARLINK_ERROR_METHOD_NOT_FOUND "org.varlink.service.MethodNotFound"
 #define VARLINK_ERROR_INTERFACE_NOT_FOUND "org.varlink.service.InterfaceNotFound"

@@ -18,6 +18,7 @@
 #include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-util.h"
+#include "cmek-varlink.h"
 
 #define HASH_HEX_LEN 64
 #define HASH_MARKER ",\"hash\":\""
@@ -142,10 +143,10 @@ static json_object *parse_object(const char *line, size_t len) {
  * seq and prev well-formed. Returns NULL and fills the ret_* on success, else a reason. */
 static const char *line_check(const char *line, size_t len, uint64_t *ret_seq,
                               char ret_prev[static HASH_HEX_LEN + 1], char ret_hash[static HASH_HEX_LEN + 1]) {
-        json_object *o, *v;
+        _cleanup_(json_object_putp) json_object *o = NULL;
+        json_object *v;
         const char *sfx, *s;
         char computed[HASH_HEX_LEN + 1];
-        const char *reason = NULL;
         int64_t seq = 0;
 
         o = parse_object(line, len);
@@ -154,35 +155,23 @@ static const char *line_check(const char *line, size_t len, uint64_t *ret_seq,
 
         sfx = line + len - HASH_SUFFIX_LEN;
         if (len < HASH_SUFFIX_LEN + 1 || memcmp(sfx, HASH_MARKER, sizeof(HASH_MARKER) - 1) != 0 ||
-            !is_hash_hex(sfx + sizeof(HASH_MARKER) - 1, HASH_HEX_LEN) || memcmp(line + len - 2, "\"}", 2) != 0) {
-                reason = "no well-formed \"hash\" field at the end";
-                goto out;
-        }
-        if (sha256_hex(line, len - HASH_SUFFIX_LEN, computed) < 0) {
-                reason = "cannot compute SHA-256";
-                goto out;
-        }
-        if (memcmp(computed, sfx + sizeof(HASH_MARKER) - 1, HASH_HEX_LEN) != 0) {
-                reason = "hash mismatch (line edited)";
-                goto out;
-        }
+            !is_hash_hex(sfx + sizeof(HASH_MARKER) - 1, HASH_HEX_LEN) || memcmp(line + len - 2, "\"}", 2) != 0)
+                return "no well-formed \"hash\" field at the end";
+        if (sha256_hex(line, len - HASH_SUFFIX_LEN, computed) < 0)
+                return "cannot compute SHA-256";
+        if (memcmp(computed, sfx + sizeof(HASH_MARKER) - 1, HASH_HEX_LEN) != 0)
+                return "hash mismatch (line edited)";
         if (!json_object_object_get_ex(o, "seq", &v) || !json_object_is_type(v, json_type_int) ||
-            (seq = json_object_get_int64(v)) < 1) {
-                reason = "\"seq\" missing or not a positive integer";
-                goto out;
-        }
+            (seq = json_object_get_int64(v)) < 1)
+                return "\"seq\" missing or not a positive integer";
         if (!json_object_object_get_ex(o, "prev", &v) || !json_object_is_type(v, json_type_string) ||
-            !is_hash_hex((s = json_object_get_string(v)), (size_t) json_object_get_string_len(v))) {
-                reason = "\"prev\" missing or not a SHA-256 hex string";
-                goto out;
-        }
+            !is_hash_hex((s = json_object_get_string(v)), (size_t) json_object_get_string_len(v)))
+                return "\"prev\" missing or not a SHA-256 hex string";
 
         *ret_seq = (uint64_t) seq;
         memcpy(ret_prev, s, HASH_HEX_LEN + 1);
         memcpy(ret_hash, computed, HASH_HEX_LEN + 1);
-out:
-        json_object_put(o);
-        return reason;
+        return NULL;
 }
 
 /* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
@@ -290,12 +279,12 @@ static int add_int(json_object *o, const char *key, int64_t i) {
 }
 
 static int format_time(uint64_t usec, char ret[static 32]) {
-        time_t t = (time_t) (usec / 1000000U);
+        time_t t = (time_t) (usec / USEC_PER_SEC);
         struct tm tm;
 
         if (!gmtime_r(&t, &tm) || strftime(ret, 21, "%Y-%m-%dT%H:%M:%S", &tm) != 19)
                 return -ERANGE;
-        (void) snprintf(ret + 19, 32 - 19, ".%06uZ", (unsigned) (usec % 1000000U));
+        (void) snprintf(ret + 19, 32 - 19, ".%06uZ", (unsigned) (usec % USEC_PER_SEC));
         return 0;
 }
 
@@ -792,7 +781,8 @@ static void line_info(const char *line, size_t len, uint64_t seq, const char *pr
         bool cp = memmem(line, len, CHECKPOINT_EVENT, strlen(CHECKPOINT_EVENT)) != NULL;
         bool disc = !info->discontinuity_seq && memmem(line, len, DISCONTINUITY_EVENT, strlen(DISCONTINUITY_EVENT));
         CmekAuditLineInfo li = { .seq = seq };
-        json_object *o = NULL, *v;
+        _cleanup_(json_object_putp) json_object *o = NULL;
+        json_object *v;
 
         memcpy(li.prev, prev, HASH_HEX_LEN + 1);
         memcpy(li.hash, hash, HASH_HEX_LEN + 1);
@@ -814,7 +804,6 @@ static void line_info(const char *line, size_t len, uint64_t seq, const char *pr
         if (seq == info->want_seq)
                 info->wanted = li;
         info->last_seq = seq;
-        json_object_put(o);
 }
 
 int cmek_audit_verify(const char *path, unsigned *ret_n_lines, unsigned *ret_bad_line, char **ret_reason) {
@@ -905,7 +894,7 @@ int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset,
                          json_object **ret_array, uint64_t *ret_next) {
         _cleanup_fclose_ FILE *f = NULL;
         _cleanup_free_ char *line = NULL;
-        json_object *arr;
+        _cleanup_(json_object_putp) json_object *arr = NULL;
         size_t cap = 0;
         uint64_t pos = offset, next = 0;
         ssize_t n;
@@ -938,10 +927,8 @@ int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset,
                 }
                 pos += (uint64_t) n;
                 o = parse_object(line, (size_t) n - 1);
-                if (!o) {
-                        json_object_put(arr);
+                if (!o)
                         return -EBADMSG;
-                }
                 if (!json_object_object_get_ex(o, "time_usec", &t) || !json_object_is_type(t, json_type_int) ||
                     json_object_get_int64(t) < 0 || (uint64_t) json_object_get_int64(t) < since_usec) {
                         json_object_put(o);
@@ -949,15 +936,12 @@ int cmek_audit_read_page(const char *path, uint64_t since_usec, uint64_t offset,
                 }
                 if (json_object_array_add(arr, o) < 0) {
                         json_object_put(o);
-                        json_object_put(arr);
                         return -ENOMEM;
                 }
         }
-        if (ferror(f)) {
-                json_object_put(arr);
+        if (ferror(f))
                 return -EIO;
-        }
-        *ret_array = arr;
+        *ret_array = TAKE_PTR(arr);
         if (ret_next)
                 *ret_next = next;
         return 0;

@@ -330,7 +330,7 @@ int cmek_token_aad(const char *luks_uuid, int keyslot, const char *key_id, unsig
 
 int cmek_token_now_iso(char ret[static 32]) {
         struct tm tm;
-        time_t t = (time_t) (cmek_now_usec() / 1000000ULL);
+        time_t t = (time_t) (cmek_now_usec() / USEC_PER_SEC);
 
         if (!gmtime_r(&t, &tm) || strftime(ret, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
                 return -EINVAL;

@@ -10,11 +10,11 @@
 
 #include <json-c/json.h>
 
+#include "cmek-protocol.h"
+
 #define CMEK_TOKEN_TYPE "cmek"
 #define CMEK_TOKEN_VERSION 1            /* "cmek_version": bump on incompatible changes */
 #define CMEK_TOKEN_ALG "AES-256-GCM"
-#define CMEK_TOKEN_IV_SIZE 12
-#define CMEK_TOKEN_TAG_SIZE 16
 #define CMEK_DEK_SIZE 32                /* the per-volume secret that opens the keyslot */
 #define CMEK_TOKEN_ID_MAX 255           /* key id and vault name length limit */
 #define CMEK_LUKS2_KEYSLOTS_MAX 32
@@ -27,9 +27,9 @@ typedef struct CmekToken {
         unsigned key_version;
         char *vault;
         char *created;          /* ISO 8601 UTC, informational */
-        uint8_t iv[CMEK_TOKEN_IV_SIZE];
+        uint8_t iv[CMEK_GCM_IV_SIZE];
         uint8_t ciphertext[CMEK_DEK_SIZE]; /* the wrapped DEK: not secret without the master key */
-        uint8_t tag[CMEK_TOKEN_TAG_SIZE];
+        uint8_t tag[CMEK_GCM_TAG_SIZE];
 } CmekToken;
 
 #define CMEK_TOKEN_NULL { .keyslot = -1, .pending_keyslot = -1 }

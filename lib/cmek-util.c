@@ -137,7 +137,7 @@ int cmek_mkdir_p(const char *path, mode_t mode) {
 static uint64_t clock_usec(clockid_t c) {
         struct timespec ts;
         (void) clock_gettime(c, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000ULL;
+        return (uint64_t) ts.tv_sec * USEC_PER_SEC + (uint64_t) ts.tv_nsec / 1000ULL;
 }
 
 uint64_t cmek_now_usec(void) { return clock_usec(CLOCK_REALTIME); }

@@ -31,6 +31,15 @@ static inline void fclosep(void *p);
 #include <stdio.h>
 static inline void fclosep(void *p) { FILE **f = p; if (*f) (void) fclose(*f); }
 
+/* DEFINE_TRIVIAL_CLEANUP_FUNC(Foo *, foo_free) defines foo_freep(), for _cleanup_(foo_freep) Foo *f = NULL
+ * (as systemd's): calls foo_free() on a non-NULL pointer when the variable goes out of scope. Structs
+ * on the stack with a done function (KeyInfo, CmekToken) use it directly: _cleanup_(key_info_done). */
+#define DEFINE_TRIVIAL_CLEANUP_FUNC(type, func)                 \
+        static inline void func##p(type *p) {                   \
+                if (*p)                                         \
+                        (void) func(*p);                        \
+        }
+
 #define _cleanup_free_ _cleanup_(freep)
 #define _cleanup_close_ _cleanup_(closep)
 #define _cleanup_fclose_ _cleanup_(fclosep)
@@ -81,5 +90,6 @@ bool cmek_string_has_cc(const char *s);
 char *cmek_cescape(const char *s);
 /* The same into buf (always NUL-terminated; cut at a character boundary if it does not fit). */
 size_t cmek_cescape_buf(const char *s, char *buf, size_t size);
+#define USEC_PER_SEC 1000000ULL
 uint64_t cmek_now_usec(void);          /* CLOCK_REALTIME, µs */
 uint64_t cmek_monotonic_usec(void);

@@ -6,6 +6,7 @@
 #include <json-c/json.h>
 
 #include "cmek-protocol.h"
+#include "cmek-util.h"
 
 typedef struct CmekClient CmekClient;
 
@@ -34,6 +35,9 @@ int cmek_varlink_parse(const char *buf, size_t len, json_object **ret);
 void cmek_json_wipe_string(json_object *o);
 
 /* JSON helpers that read optional fields with type checks. */
+/* _cleanup_(json_object_putp) json_object *o = NULL; drops the reference at scope exit */
+DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put)
+
 const char *cmek_json_get_string(json_object *o, const char *key);
 bool cmek_json_get_int64(json_object *o, const char *key, int64_t *ret);
 bool cmek_json_get_bool(json_object *o, const char *key, bool def);

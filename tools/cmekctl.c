@@ -150,7 +150,7 @@ static int parse_json_only(int argc, char *argv[], int min_pos, int max_pos) {
 }
 
 static void format_usec(uint64_t usec, char *buf, size_t size) {
-        time_t t = (time_t) (usec / 1000000);
+        time_t t = (time_t) (usec / USEC_PER_SEC);
         struct tm tm;
         strftime(buf, size, "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
 }
@@ -246,7 +246,7 @@ static int parse_since(const char *s, uint64_t *ret) {
 
         if (*s && (streq(end, "s") || streq(end, "m") || streq(end, "h") || streq(end, "d"))) {
                 uint64_t mult = streq(end, "s") ? 1 : streq(end, "m") ? 60 : streq(end, "h") ? 3600 : 86400;
-                *ret = cmek_now_usec() - (uint64_t) v * mult * 1000000ULL; /* "10m": ten minutes ago */
+                *ret = cmek_now_usec() - (uint64_t) v * mult * USEC_PER_SEC; /* "10m": ten minutes ago */
                 return 0;
         }
         end = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
@@ -257,7 +257,7 @@ static int parse_since(const char *s, uint64_t *ret) {
         if (!end || *end)
                 return -EINVAL;
         tm.tm_isdst = -1;
-        *ret = (uint64_t) mktime(&tm) * 1000000ULL;
+        *ret = (uint64_t) mktime(&tm) * USEC_PER_SEC;
         return 0;
 }
 

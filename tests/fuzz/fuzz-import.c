@@ -1,74 +1,64 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Fuzz target: the import (BYOK) blob as the daemon sees it before the token does anything.
- * The decoding is not separable from its handler and from the PKCS#11 session, so this target
- * repeats, step for step, what io.cmek.Key.Import does with the "wrapped" string:
- *   daemon/api-key.c create_or_import(): cmek_base64_decode_to() (lib/cmek-base64.c, the real decoder)
- *   into a buffer of IMPORT_BLOB_MAX bytes;
- *   daemon/vault.c import_key(): blob size against the algorithm and a 4096-bit modulus;
- *   daemon/vault.c unwrap_oaep() fallback: OAEP(SHA-256, MGF1-SHA-256) decoding of the raw RSA
- *   block in locked memory and the AES key length check.
+ * The PKCS#11 session cannot run here, so this target chains the daemon's own steps that do
+ * not need the token, all linked from the real code (libcmek-client.la, libcmekd-core.la):
+ *   daemon/api-key.c create_or_import(): cmek_base64_decode_to() (lib/cmek-base64.c) of
+ *   "wrapped" into a buffer of IMPORT_BLOB_MAX bytes;
+ *   daemon/vault.c vault_import_blob_check(): the blob size against the algorithm and a
+ *   4096-bit modulus;
+ *   daemon/vault.c vault_oaep_decode(): the OAEP(SHA-256, MGF1-SHA-256) decoding of the raw
+ *   RSA block (the unwrap_oaep() fallback) and the AES key length check.
  * Raw RSA decryption is a permutation of the block, so fuzzing the decrypted block directly
- * reaches every input the OAEP decoder can get. Keep this file in step with those functions.
+ * reaches every input the OAEP decoder can get.
  * Input: byte 0 selects the algorithm, the rest is the "wrapped" base64 string. */
-#define OPENSSL_SUPPRESS_DEPRECATED /* as daemon/vault.c */
 #include <stdbool.h>
-#include <openssl/evp.h>
-#include <openssl/rsa.h>
+#include <sys/types.h>
 
 #include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "fuzz.h"
+#include "vault.h"
 
 #define IMPORT_BLOB_MAX 2048U   /* daemon/api-key.c */
-#define MOD_SIZE 512U           /* RSA-4096 wrapping key */
+#define MOD_SIZE (VAULT_WRAPPING_KEY_BITS / 8U)
 
-static int oaep_decode(const uint8_t *block, size_t mod_size) {
-        uint8_t *raw = cmek_secure_alloc(mod_size), *key = cmek_secure_alloc(mod_size);
-        int key_size = -1;
+static void oaep_decode(const uint8_t *block) {
+        uint8_t *key = cmek_secure_alloc(MOD_SIZE);
+        int key_size;
 
-        if (!raw || !key)
+        if (!key)
                 abort();
-        memcpy(raw, block, mod_size);
-        key_size = RSA_padding_check_PKCS1_OAEP_mgf1(key, (int) mod_size, raw, (int) mod_size, (int) mod_size,
-                                                     NULL, 0, EVP_sha256(), EVP_sha256());
-        if (key_size > (int) mod_size)
-                abort();
-        cmek_secure_free(raw);
+        key_size = vault_oaep_decode(block, MOD_SIZE, MOD_SIZE, key);
+        if (key_size > 0 && key_size != 16 && key_size != 24 && key_size != 32)
+                abort(); /* the vault hands only AES key lengths to the token */
         cmek_secure_free(key);
-        if (key_size <= 0)
-                return -1;
-        return key_size == 16 || key_size == 24 || key_size == 32 ? 0 : -1;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-        bool aes;
+        VaultWrapAlgorithm alg;
         char *w;
         uint8_t *blob;
-        size_t alloc;
+        size_t kwp;
         ssize_t n;
 
         if (size < 1)
                 return 0;
-        aes = data[0] & 1;
+        alg = data[0] & 1 ? VAULT_WRAP_RSA_OAEP_AES_SHA256 : VAULT_WRAP_RSA_OAEP_SHA256;
         w = fuzz_strndup(data + 1, size - 1);
-        alloc = IMPORT_BLOB_MAX;
-        blob = malloc(alloc);
+        blob = malloc(IMPORT_BLOB_MAX);
         if (!blob)
                 abort();
-        n = cmek_base64_decode_to(w, blob, alloc);
+        n = cmek_base64_decode_to(w, blob, IMPORT_BLOB_MAX);
         if (n >= 0) {
-                if ((size_t) n > alloc)
+                if ((size_t) n > IMPORT_BLOB_MAX)
                         abort(); /* the size handed to the vault must lie inside the buffer */
-                if (!aes) {
-                        if ((size_t) n == MOD_SIZE)
-                                (void) oaep_decode(blob, MOD_SIZE);
-                } else {
-                        size_t kwp = (size_t) n > MOD_SIZE ? (size_t) n - MOD_SIZE : 0;
-                        if (kwp == 24 || kwp == 32 || kwp == 40)
-                                (void) oaep_decode(blob, MOD_SIZE);
+                if (vault_import_blob_check(alg, (size_t) n, MOD_SIZE, &kwp) >= 0) {
+                        if ((size_t) n < MOD_SIZE + kwp)
+                                abort(); /* the vault reads MOD_SIZE + kwp bytes of the blob */
+                        oaep_decode(blob);
                 }
         }
-        explicit_bzero(blob, alloc);
+        explicit_bzero(blob, IMPORT_BLOB_MAX);
         free(blob);
         free(w);
         return 0;
