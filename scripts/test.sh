@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 # The whole test suite, as CI runs it: installs what is missing, builds twice (plain with
 # -Werror, and with AddressSanitizer + UndefinedBehaviorSanitizer), runs `make check` in
-# both (unit, fuzz and host integration tests two at a time, then the VM tests one at a time),
-# then `make distcheck`, and ends with "N passed, N failed[, N skipped]". It prints the time of
-# each phase as it ends and a table of them before the total (HACKING.md "CI time").
+# both (unit, fuzz and host integration tests two at a time, then the load test alone, then the
+# VM tests one at a time), then `make distcheck`, and ends with "N passed, N failed[, N skipped]".
+# It prints the time of each phase as it ends and a table of them before the total (HACKING.md
+# "CI time").
 # Environment: CMEK_TEST_BUILDS="plain asan" (default both), CMEK_SKIP_VM=1 skips VM tests,
 # CMEK_SKIP_DISTCHECK=1 skips distcheck, CMEK_CHECK_JOBS=N host tests at a time (default 2).
 set -uo pipefail
@@ -49,15 +50,19 @@ for b in $builds; do
     fi
     phase_end "build $b"
     # host tests (unit, fuzz, integration: each has its own state directory and socket; what the
-    # machine shares is locked by tests/lib.sh system_lock) two at a time, then the VM tests one
-    # at a time: a guest under TCG keeps both cores busy
+    # machine shares is locked by tests/lib.sh system_lock) two at a time, then the load test
+    # alone, then the VM tests one at a time: a guest under TCG keeps both cores busy
     all=$(make -s --no-print-directory -C "$dir" list-tests)
+    alone=$(make -s --no-print-directory -C "$dir" list-alone-tests)
     vm=$(make -s --no-print-directory -C "$dir" list-vm-tests)
-    host=$(for t in $all; do case " $vm " in *" $t "*) ;; *) echo "$t" ;; esac; done | tr '\n' ' ')
+    host=$(for t in $all; do case " $vm $alone " in *" $t "*) ;; *) echo "$t" ;; esac; done | tr '\n' ' ')
     [ "${CMEK_SKIP_VM:-0}" != 1 ] || vm=
-    for part in host vm; do
-        tests=$host jobs=${CMEK_CHECK_JOBS:-2}
-        [ $part = host ] || tests=$vm jobs=1
+    for part in host alone vm; do
+        case $part in
+        host)  tests=$host jobs=${CMEK_CHECK_JOBS:-2} ;;
+        alone) tests=$alone jobs=1 ;;
+        vm)    tests=$vm jobs=1 ;;
+        esac
         [ -n "${tests// /}" ] || continue
         echo "=== make check ($b, $part tests, $jobs at a time) ==="
         log="$dir/test-suite-$part.log"
