@@ -168,6 +168,8 @@ declare -A SYSTEM_LOCKS=()
 system_lock() {
     local fd
     [ -z "${SYSTEM_LOCKS[$1]:-}" ] || return 0
+    # a vm-run guest (plain mode) has an empty /run
+    mkdir -p /run/lock || fail "cannot create /run/lock for the lock for $1"
     exec {fd}>"/run/lock/cmek-test-$1.lock" || fail "cannot open the lock for $1"
     flock -w 900 "$fd" || fail "waited 15 minutes for another test run holding '$1'"
     SYSTEM_LOCKS[$1]=$fd
