@@ -37,7 +37,7 @@ cp "$log_file" "$TEST_TMP/orig"
 check_broken() { # DESCRIPTION EXPECTED_LINE
     local rc=0
     "$CMEKCTL_BIN" audit verify --file "$TEST_TMP/t" >"$TEST_TMP/out" 2>"$TEST_TMP/err" || rc=$?
-    [ $rc -eq 8 ] || fail "$1: verify exited $rc, expected 8"
+    [ $rc -eq "$EXIT_VERIFY_FAILED" ] || fail "$1: verify exited $rc, expected $EXIT_VERIFY_FAILED"
     grep -q "line $2\b" "$TEST_TMP/err" || { cat "$TEST_TMP/err"; fail "$1: does not name line $2"; }
 }
 
@@ -61,7 +61,7 @@ cp "$TEST_TMP/orig" "$TEST_TMP/t"
 # and through the daemon, on the tampered live log
 sed '4s/"uid":65534/"uid":0/' "$TEST_TMP/orig" >"$log_file"
 start_cmekd "$STATE" --policy "$TEST_TMP/policy" || true
-expect_exit 8 "$CMEKCTL_BIN" audit verify
+expect_exit "$EXIT_VERIFY_FAILED" "$CMEKCTL_BIN" audit verify
 grep -q "line 4" "$TEST_TMP/err" || fail "daemon verify does not name line 4"
 # no secret-looking material: the log is JSON lines only
 python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$log_file"

@@ -22,7 +22,7 @@ as_nobody() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 # nobody holds no grant: refused, told what was refused and whom to ask, but not the statement
 rc=0
 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" status >"$TEST_TMP/out" 2>"$TEST_TMP/err" || rc=$?
-[ $rc -eq 4 ] || { cat "$TEST_TMP/err"; fail "nobody: exit $rc, expected 4 (permission denied)"; }
+[ $rc -eq "$EXIT_PERMISSION" ] || { cat "$TEST_TMP/err"; fail "nobody: exit $rc, expected $EXIT_PERMISSION (permission denied)"; }
 err=$(cat "$TEST_TMP/err")
 assert_contains "$err" "io.cmek.PermissionDenied"
 assert_contains "$err" "inspect vaults"
@@ -37,7 +37,7 @@ raw=$(printf '%s\0' '{"method":"io.cmek.Service.Status"}' | setpriv --reuid=nobo
 [ "$(json_get "$raw" parameters.statement)" = None ] || fail "a caller without a grant got the statement: $raw"
 
 # root may ask what nobody may do, from the same engine
-expect_exit 4 "$CMEKCTL_BIN" policy check --user nobody inspect vaults
+expect_exit "$EXIT_PERMISSION" "$CMEKCTL_BIN" policy check --user nobody inspect vaults
 assert_contains "$(cat "$TEST_TMP/out")" "allow user nobody to inspect vaults in tenancy"
 cmekctl policy check --user root manage keys --compartment Prod | grep -qx allowed || fail "root should be allowed"
 
@@ -51,7 +51,7 @@ done
 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" status >"$TEST_TMP/out" 2>&1 || { cat "$TEST_TMP/out"; fail "nobody still refused after reload"; }
 # but inspect does not imply read of the audit log; now that nobody holds a grant in the
 # tenancy, he is told the statement he lacks, in the message and in the raw error
-expect_exit 4 as_nobody "$CMEKCTL_BIN" --socket "$SOCK" audit show
+expect_exit "$EXIT_PERMISSION" as_nobody "$CMEKCTL_BIN" --socket "$SOCK" audit show
 assert_contains "$(cat "$TEST_TMP/err")" "allow user nobody to read audit in tenancy"
 raw=$(printf '%s\0' '{"method":"io.cmek.Service.AuditShow"}' | setpriv --reuid=nobody --regid=nogroup --clear-groups socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
 [ "$(json_get "$raw" parameters.statement)" = "allow user nobody to read audit in tenancy" ] || fail "statement missing: $raw"

@@ -68,6 +68,6 @@ rc=0; "$CMEKD" --state-dir "$TEST_TMP/state3" >"$TEST_TMP/err" 2>&1 || rc=$?
 assert_contains "$(cat "$TEST_TMP/err")" "cmekd.socket"
 
 # cmekctl without a daemon: exit code 3 and a hint
-expect_exit 3 "$CMEKCTL_BIN" --socket "$TEST_TMP/none.sock" status
+expect_exit "$EXIT_NO_DAEMON" "$CMEKCTL_BIN" --socket "$TEST_TMP/none.sock" status
 assert_contains "$(cat "$TEST_TMP/err")" "not running"
 log "ok"

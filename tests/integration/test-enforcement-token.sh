@@ -24,28 +24,14 @@ grep -q "on-disable=suspend, watching the keys of bound volumes every 1.0 s" "$T
     fail "the [enforcement] settings were not read"
 
 # events, to see what the watch reports
-python3 - "$SOCK" >"$TEST_TMP/events.jsonl" 2>"$TEST_TMP/sub.err" <<'EOP' &
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-s.sendall(json.dumps({"method": "io.cmek.Events.Subscribe", "more": True}).encode() + b"\0")
-buf = b""
-while True:
-    d = s.recv(65536)
-    if not d: break
-    buf += d
-    while b"\0" in buf:
-        m, buf = buf.split(b"\0", 1)
-        print(m.decode(), flush=True)
-EOP
-SUBPID=$!
-on_exit "kill $SUBPID 2>/dev/null"
+subscribe_events "$TEST_TMP/events.jsonl"
 for ((i = 0; i < 100; i++)); do grep -q subscribed "$TEST_TMP/events.jsonl" 2>/dev/null && break; sleep 0.05; done
 
 cmekctl key create a --compartment prod >/dev/null
 cmekctl key create b --compartment prod --on-disable close >/dev/null
 A=$(key_id prod/a); B=$(key_id prod/b)
 [ "$(cmekctl key show "$B" --json | json_get "$(cat)" key.on_disable)" = close ] || fail "--on-disable not stored"
-expect_exit 2 cmekctl key create c --compartment prod --on-disable sometimes
+expect_exit "$EXIT_USAGE" cmekctl key create c --compartment prod --on-disable sometimes
 I=$TEST_TMP/img; mkdir -p "$I"
 cmekctl volume create "$I/a.img" --key "$A" --size 16M --strict >/dev/null
 cmekctl volume create "$I/b.img" --key "$B" --size 16M --strict >/dev/null
@@ -86,7 +72,7 @@ n_before=$(grep -c "\"key.disabled\".*$A" "$TEST_TMP/events.jsonl")
 before=$(date +%s%N)
 "$SETUSAGE" "$MOD" cmekd-default "$PIN" "cmek:$A:v1" off >/dev/null
 # the very next unwrap is refused by the token itself (C_DecryptInit), watch or no watch
-expect_exit 6 cmekctl volume unlock "$I/a.img" --test
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock "$I/a.img" --test
 for ((i = 0; i < 60; i++)); do
     [ "$(grep -c "\"key.disabled\".*$A" "$TEST_TMP/events.jsonl")" -gt "$n_before" ] && break
     sleep 0.05
@@ -95,7 +81,7 @@ done
 log "noticed after $(( ($(date +%s%N) - before) / 1000000 )) ms (watch interval 1 s)"
 [ "$(cmekctl key show "$A" --json | json_get "$(cat)" key.state)" = DISABLED ] || fail "key not DISABLED after the token-side change"
 [ "$(status "$A")" = 0 ] || fail "EncryptionKeyStatus did not flip on the token-side disable"
-expect_exit 6 cmekctl volume unlock "$I/a.img" --test
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock "$I/a.img" --test
 cmekctl audit show --json >"$TEST_TMP/audit.json"
 grep -q '"operation": *"token"' "$TEST_TMP/audit.json" || fail "the token-side disable is not in the audit log"
 cmekctl key enable "$A" >/dev/null
@@ -120,5 +106,5 @@ for ((i = 0; i < 60; i++)); do
 done
 [ "$(grep -c "\"key.disabled\".*$A" "$TEST_TMP/events.jsonl")" -gt "$n_before" ] || fail "no key.disabled event after the metadata rewrite"
 [ "$(cmekctl key show "$A" --json | json_get "$(cat)" key.state)" = DISABLED ] || fail "key not DISABLED after the metadata rewrite"
-expect_exit 6 cmekctl volume unlock "$I/a.img" --test
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock "$I/a.img" --test
 log "ok"

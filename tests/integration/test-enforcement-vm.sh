@@ -9,16 +9,8 @@
 # Then the latency with CMEK_ENF_SCALE (default 10) mappings on one key.
 # Runs directly where device-mapper works, else boots itself in tests/vm/vm-run.
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
-dm_works() { dmsetup targets >/dev/null 2>&1; }
-if [ -z "${VM_GUEST:-}" ] && [ -z "${CMEK_IN_VM:-}" ] && ! dm_works; then
-    [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
-    command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: no device-mapper and no qemu"; exit 77; }
-    export CMEK_IN_VM=1 top_builddir top_srcdir
-    exec "$top_srcdir/tests/vm/vm-run" --timeout 500 --env top_builddir --env top_srcdir --env CMEK_IN_VM \
-        --env CMEK_ENF_SCALE --env CMEK_BUILD_FLAVOR --env ASAN_OPTIONS --env UBSAN_OPTIONS --env LSAN_OPTIONS \
-        "$(readlink -f "$0")"
-fi
 . "$top_srcdir/tests/lib.sh"
+run_in_vm_unless_dm 500 CMEK_ENF_SCALE
 need_root
 need_cmd cryptsetup dmsetup socat python3
 modprobe dm-crypt 2>/dev/null || true
@@ -65,24 +57,9 @@ EOC
 start_cmekd "" --config "$TEST_TMP/cmekd.conf" --hooks-dir "$HOOKS" --metrics-file "$TEST_TMP/cmekd.prom"
 
 # subscriber 1: a raw Varlink client with "more": true
-python3 - "$SOCK" >"$TEST_TMP/sub-events.jsonl" 2>"$TEST_TMP/sub.err" <<'EOP' &
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
-s.sendall(json.dumps({"method": "io.cmek.Events.Subscribe", "more": True}).encode() + b"\0")
-buf = b""
-while True:
-    d = s.recv(65536)
-    if not d: break
-    buf += d
-    while b"\0" in buf:
-        m, buf = buf.split(b"\0", 1)
-        print(json.dumps(json.loads(m).get("parameters", {}).get("event")), flush=True)
-EOP
-SUBPID=$!
+subscribe_events "$TEST_TMP/sub-events.jsonl" events
 # subscriber 2: cmekctl
-cmekctl events --follow --json >"$TEST_TMP/ctl-events.jsonl" 2>"$TEST_TMP/ctl.err" &
-CTLPID=$!
-on_exit "kill $SUBPID $CTLPID 2>/dev/null"
+follow_events "$TEST_TMP/ctl-events.jsonl"
 sleep 0.5
 
 cmekctl key create a --compartment prod >/dev/null
@@ -264,7 +241,7 @@ for ((i = 0; i < 50; i++)); do dmsetup info "$N-c2" >/dev/null 2>&1 || break; sl
 dmsetup info "$N-c2" >/dev/null 2>&1 && fail "c2 not removed after its holder closed it"
 sleep 1.5
 [ "$(cmekctl volume show "$I/c2.img" --json | json_get "$(cat)" volume.lock)" = closed ] || fail "c2 not reported closed"
-expect_exit 6 cmekctl volume restore --key "$C"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume restore --key "$C"
 cmekctl key enable "$C" >/dev/null
 [ ! -e "/dev/mapper/$N-c1" ] || fail "c1 re-opened by itself"
 cmekctl volume restore --key "$C" >/dev/null

@@ -67,16 +67,7 @@ if [ -e "$SOFTHSM" ] && command -v pkcs11-tool >/dev/null; then
 fi
 stop_cmekd
 
-start_faulty() { export CMEKD_TEST_FAULT=$1; start_cmekd "$STATE"; unset CMEKD_TEST_FAULT; }
-await_death() {
-    local i
-    for ((i = 0; i < 100; i++)); do kill -0 "$CMEKD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$CMEKD_PID" 2>/dev/null && fail "cmekd did not reach fault point $1 during $2"
-    wait "$CMEKD_PID" 2>/dev/null || true
-    CMEKD_PID=
-    rm -f "$SOCK"
-    grep -q "Test fault point '${1%%:*}' reached" "$TEST_TMP/cmekd.log" || fail "cmekd died elsewhere than at $1"
-}
+# start_faulty POINT, await_death POINT WHAT: tests/lib.sh
 # every image opens: through its cmek token, or with the passphrase it was made with
 all_open() {
     local f
@@ -203,7 +194,7 @@ if full; then
     export CMEKD_TEST_FAULT=intent-after-keyslot-destroy
     "$CMEKD" --state-dir "$STATE" --socket "$SOCK" --test-hooks >>"$TEST_TMP/cmekd.log" 2>&1 || true
     unset CMEKD_TEST_FAULT
-    grep -q "Test fault point 'intent-after-keyslot-destroy' reached" "$TEST_TMP/cmekd.log" || fail "start-up did not reach intent-after-keyslot-destroy"
+    fault_reached intent-after-keyslot-destroy || fail "start-up did not reach intent-after-keyslot-destroy"
     rm -f "$SOCK"
     start_cmekd "$STATE"; checks intent-after-keyslot-destroy "start-up"
     bind_vol b5 || fail "re-run of the bind after intent-after-keyslot-destroy failed"; stop_cmekd; two_slots b5

@@ -37,7 +37,7 @@ for alg in RSA_OAEP_AES_SHA256 RSA_OAEP_SHA256; do
     cmekctl key wrap-for-import --key-file "$TEST_TMP/raw.key" --public-key "$TEST_TMP/other.pem" \
         --wrapping-algorithm $alg --out "$TEST_TMP/bad3" >/dev/null
     for bad in bad1 bad2 bad3; do
-        expect_exit 1 cmekctl key import "imp-$bad" --compartment prod --wrapped-file "$TEST_TMP/$bad" --wrapping-algorithm $alg
+        expect_exit "$EXIT_FAILURE" cmekctl key import "imp-$bad" --compartment prod --wrapped-file "$TEST_TMP/$bad" --wrapping-algorithm $alg
         assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.ImportFailed"
     done
     [ "$(n_objects)" = "$before" ] || fail "a bad import left objects behind ($before -> $(n_objects))"
@@ -70,6 +70,6 @@ EOF
     [ "$(json_get "$r" parameters.plaintext | base64 -d)" = "from the customer" ] || fail "token could not decrypt: $r"
 done
 
-expect_exit 2 cmekctl key wrap-for-import --key-file /dev/null --public-key "$TEST_TMP/wrap.pem" --out "$TEST_TMP/x"
+expect_exit "$EXIT_USAGE" cmekctl key wrap-for-import --key-file /dev/null --public-key "$TEST_TMP/wrap.pem" --out "$TEST_TMP/x"
 grep -q '"event":"key.imported"' "$STATE/audit.log" || fail "import not audited"
 log "ok"

@@ -31,20 +31,20 @@ assert v["default"]["available"] is True, v
 assert v["default"]["token"]["label"] == "cmekd-default", v
 assert v["broken"]["available"] is False and "libpkcs11-missing.so" in v["broken"]["reason"], v
 EOF
-expect_exit 5 cmekctl vault show nosuchvault
-expect_exit 1 cmekctl key create k --compartment prod --vault broken
+expect_exit "$EXIT_NOT_FOUND" cmekctl vault show nosuchvault
+expect_exit "$EXIT_FAILURE" cmekctl key create k --compartment prod --vault broken
 assert_contains "$(cat "$TEST_TMP/err")" "VaultUnavailable"
 
 # --- create, show, list ---
 id=$(cmekctl --json key create k1 --compartment prod | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"]["id"])')
 log "created $id"
 [[ "$id" =~ ^cmek\.key\.prod\.[a-z2-7]{26}$ ]] || fail "bad key id $id"
-expect_exit 1 cmekctl key create k1 --compartment prod
+expect_exit "$EXIT_FAILURE" cmekctl key create k1 --compartment prod
 assert_contains "$(cat "$TEST_TMP/err")" "AlreadyExists"
 cmekctl key create k1 --compartment dev >/dev/null     # same name, other compartment: fine
-expect_exit 5 cmekctl key show k1                        # ambiguous name
+expect_exit "$EXIT_NOT_FOUND" cmekctl key show k1                        # ambiguous name
 cmekctl key show prod/k1 | grep -q "state: ENABLED" || fail "prod/k1 not ENABLED"
-expect_exit 2 cmekctl key create bad --compartment prod --length 100
+expect_exit "$EXIT_USAGE" cmekctl key create bad --compartment prod --length 100
 cmekctl key list | grep -q "$id" || fail "key list lacks $id"
 cmekctl key create k128 --compartment prod --length 128 >/dev/null
 cmekctl --json key show prod/k128 | python3 -c 'import json,sys; assert json.load(sys.stdin)["key"]["length"] == 128'

@@ -69,7 +69,7 @@ A key disable "$id" >/dev/null
 B key enable "$id" >/dev/null
 [ "$(state_of A "$id")" = ENABLED ] || fail "A does not see ENABLED"
 # names are unique per compartment across brokers too
-expect_exit 1 B key create shared-key --compartment prod --vault shared
+expect_exit "$EXIT_FAILURE" B key create shared-key --compartment prod --vault shared
 # a deletion carried out by B is seen by A
 B key schedule-deletion "$id" --days 7 >/dev/null
 [ "$(state_of A "$id")" = PENDING_DELETION ] || fail "A does not see PENDING_DELETION"
@@ -78,5 +78,5 @@ assert_contains "$r" "$id"
 [ "$(state_of A "$id")" = DELETED ] || fail "A does not see DELETED"
 # each broker's own default vault stays its own
 A key create only-a --compartment prod >/dev/null
-expect_exit 5 B key show prod/only-a
+expect_exit "$EXIT_NOT_FOUND" B key show prod/only-a
 log "ok"

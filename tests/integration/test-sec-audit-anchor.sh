@@ -60,7 +60,7 @@ open(p, "w").writelines(lines)' "$LOG" $((n - 2)) || fail "the attacker could no
 cp "$LOG" "$TEST_TMP/cut"; chmod 644 "$TEST_TMP/cut"
 "$CMEKCTL_BIN" audit verify --file "$TEST_TMP/cut" >"$TEST_TMP/out" || fail "the cut log should look intact offline"
 assert_contains "$(cat "$TEST_TMP/out")" "only the hash chain"
-expect_exit 8 cmekctl audit verify
+expect_exit "$EXIT_VERIFY_FAILED" cmekctl audit verify
 assert_contains "$(cat "$TEST_TMP/err")" "tail cut after checkpoint"
 restore
 cmekctl audit verify >/dev/null || fail "restored log does not verify"
@@ -82,7 +82,7 @@ as_attacker /usr/bin/python3 "$GEN" rechain "$TEST_TMP/edited" "$TEST_TMP/rechai
 cmp -s "$TEST_TMP/rechained" "$TEST_TMP/orig" && fail "the rewrite changed nothing"
 "$CMEKCTL_BIN" audit verify --file "$TEST_TMP/rechained" >/dev/null || fail "the recomputed chain should verify offline (that is the attack)"
 as_attacker sh -c "cat '$TEST_TMP/rechained' >'$LOG'" || fail "the attacker could not rewrite the log"
-expect_exit 8 cmekctl audit verify
+expect_exit "$EXIT_VERIFY_FAILED" cmekctl audit verify
 assert_contains "$(cat "$TEST_TMP/err")" "chain recomputed (checkpoint HMAC mismatch"
 restore
 cmekctl audit verify >"$TEST_TMP/out" || fail "restored log does not verify"
@@ -95,7 +95,7 @@ start_cmekd "$STATE" --policy "$TEST_TMP/policy"
 grep -q '"event":"audit.discontinuity".*tail cut' "$LOG" || fail "no audit.discontinuity line after the cut: $(tail -3 "$LOG" | cut -c1-200)"
 [ "$(sed -n "$((n - 1))p" "$LOG" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["event"])')" = audit.discontinuity ] ||
     fail "the discontinuity is not recorded right after the cut"
-expect_exit 8 cmekctl audit verify
+expect_exit "$EXIT_VERIFY_FAILED" cmekctl audit verify
 assert_contains "$(cat "$TEST_TMP/err")" "discontinuity"
 assert_contains "$(cat "$TEST_TMP/err")" "tail cut"
 log "ok"

@@ -56,11 +56,11 @@ sha_before=$(sha256sum <"$STATE/audit.log")
 ok_before=$(grep -c '"result":"ok"' "$STATE/audit.log")
 
 log "unlock --test (operator and root) refused with AuditUnavailable"
-expect_exit 1 as_user_ctl "$U" volume unlock --test "$IMG"
+expect_exit "$EXIT_FAILURE" as_user_ctl "$U" volume unlock --test "$IMG"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.AuditUnavailable"
 assert_contains "$(cat "$TEST_TMP/err")" "$STATE/audit.log"
 assert_contains "$(cat "$TEST_TMP/err")" "Free space"
-expect_exit 1 cmekctl volume unlock --test "$IMG"
+expect_exit "$EXIT_FAILURE" cmekctl volume unlock --test "$IMG"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.AuditUnavailable"
 
 log "Unwrap (operator and root) refused, no secret in the reply"

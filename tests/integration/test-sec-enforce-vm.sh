@@ -11,15 +11,8 @@
 # disabled in the token only (pkcs11 usage flags), with no registry entry naming it.
 # Runs directly where device-mapper works, else boots itself in tests/vm/vm-run.
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
-dm_works() { dmsetup targets >/dev/null 2>&1; }
-if [ -z "${VM_GUEST:-}" ] && [ -z "${CMEK_IN_VM:-}" ] && ! dm_works; then
-    [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
-    command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: no device-mapper and no qemu"; exit 77; }
-    export CMEK_IN_VM=1 top_builddir top_srcdir
-    exec "$top_srcdir/tests/vm/vm-run" --timeout 300 --env top_builddir --env top_srcdir --env CMEK_IN_VM \
-        --env CMEK_BUILD_FLAVOR --env ASAN_OPTIONS --env UBSAN_OPTIONS --env LSAN_OPTIONS "$(readlink -f "$0")"
-fi
 . "$top_srcdir/tests/lib.sh"
+run_in_vm_unless_dm 300
 need_root
 need_cmd cryptsetup dmsetup python3 sha256sum base64
 modprobe dm-crypt 2>/dev/null || true

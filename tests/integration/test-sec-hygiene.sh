@@ -66,26 +66,26 @@ ESC=$'\e'
 reg_sum() { sha256sum "$STATE/volumes.json" 2>/dev/null || echo none; }
 before_reg=$(reg_sum)
 before_keys=$(cmekctl key list --json)
-expect_exit 2 as_user_ctl ckhdev key create "evil${ESC}[2J" --compartment Dev
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev key create "evil${ESC}[2J" --compartment Dev
 assert_contains "$(cat "$TEST_TMP/err")" "org.varlink.service.InvalidParameter"
 assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
 ! grep -qP '\x1b' "$TEST_TMP/err" || fail "the refusal echoed the escape sequence raw"
-expect_exit 2 as_user_ctl ckhdev key create evil --compartment "Dev${ESC}]0;pwned${ESC}\\"
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev key create evil --compartment "Dev${ESC}]0;pwned${ESC}\\"
 assert_contains "$(cat "$TEST_TMP/err")" '"compartment" contains control characters'
-expect_exit 2 as_user_ctl ckhdev key create evil2 --compartment Dev --vault "default"$'\n'"x"
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev key create evil2 --compartment Dev --vault "default"$'\n'"x"
 assert_contains "$(cat "$TEST_TMP/err")" '"vault" contains control characters'
 [ "$(cmekctl key list --json)" = "$before_keys" ] || fail "a key was created from a refused request"
 badimg="$I/vol${ESC}[31mred.img"
-expect_exit 2 as_user_ctl ckhdev volume create "$badimg" --key "$DEVKEY" --size 16M
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev volume create "$badimg" --key "$DEVKEY" --size 16M
 assert_contains "$(cat "$TEST_TMP/err")" '"path" contains control characters'
 [ ! -e "$badimg" ] || fail "volume create made a file with an escape sequence in its name"
 truncate -s 32M "$I/ok.img"
 chmod 666 "$I/ok.img"
-expect_exit 2 as_user_ctl ckhdev volume unlock "$I/ok.img" --name "cmek${ESC}[8m"
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev volume unlock "$I/ok.img" --name "cmek${ESC}[8m"
 assert_contains "$(cat "$TEST_TMP/err")" '"name" contains control characters'
 printf 'pw' | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - "$I/ok.img"
 sum_ok=$(sha256sum <"$I/ok.img")
-expect_exit 2 as_user_ctl ckhdev volume bind "$I/ok.img"$'\t' --key "$DEVKEY" --unlock-passphrase-stdin < <(printf pw)
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev volume bind "$I/ok.img"$'\t' --key "$DEVKEY" --unlock-passphrase-stdin < <(printf pw)
 assert_contains "$(cat "$TEST_TMP/err")" '"device" contains control characters'
 # raw Varlink: an array of paths, and a parameter whose *name* carries the escape
 raw=$(printf '%s\0' '{"method":"io.cmek.Volume.Scan","parameters":{"paths":["/tmp/a\u001b[2Jb"]}}' | as_user ckhdev socat -t 5 - "UNIX-CONNECT:$SOCK" | tr -d '\0')
@@ -267,7 +267,7 @@ have_p11=0
 if command -v pkcs11-tool >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]; then have_p11=1; fi
 [ $have_p11 = 0 ] || [ "$(rsa_objects)" = 0 ] || fail "an RSA object exists before the test"
 audit_lines=$(wc -l <"$STATE/audit.log")
-expect_exit 4 as_user_ctl ckhdev key wrapping-key
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckhdev key wrapping-key
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
 assert_contains "$(cat "$TEST_TMP/err")" "has no wrapping key yet: an admin with manage vaults must create it"
 [ ! -s "$TEST_TMP/out" ] || fail "a PEM was printed"
@@ -285,13 +285,13 @@ as_user_ctl ckhdev key wrapping-key | cmp - "$TEST_TMP/wrap.pem" || fail "read v
 # ---------------------------------------------------------------------------------------------
 log "14: vault compartments: a key for a compartment outside the vault's list is refused"
 before_keys=$(cmekctl key list --json)
-expect_exit 2 cmekctl key create prodkey --compartment Prod
+expect_exit "$EXIT_USAGE" cmekctl key create prodkey --compartment Prod
 assert_contains "$(cat "$TEST_TMP/err")" "org.varlink.service.InvalidParameter"
 assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
 assert_contains "$(cat "$TEST_TMP/err")" "not of 'Prod'"
-expect_exit 2 cmekctl key import prodimp --compartment Prod --wrapped-file "$TEST_TMP/wrap.pem"
+expect_exit "$EXIT_USAGE" cmekctl key import prodimp --compartment Prod --wrapped-file "$TEST_TMP/wrap.pem"
 assert_contains "$(cat "$TEST_TMP/err")" "Vault 'default' holds keys of compartments Dev, Ops only"
-expect_exit 2 as_user_ctl ckhdev key create devhsm --compartment Dev --vault hsm
+expect_exit "$EXIT_USAGE" as_user_ctl ckhdev key create devhsm --compartment Dev --vault hsm
 assert_contains "$(cat "$TEST_TMP/err")" "Vault 'hsm' holds keys of compartment Prod only"
 [ "$(cmekctl key list --json)" = "$before_keys" ] || fail "a key was created in a vault that does not serve its compartment"
 ! grep -q '"event":"key.created".*Prod' "$STATE/audit.log" || fail "a Prod key creation was audited"

@@ -68,7 +68,6 @@ audit_lines() { wc -l <"$AUDIT"; }
 audit_new_ok() { tail -n +"$(($1 + 1))" "$AUDIT" | grep '"result":"ok"' | grep -v '"event":"audit\.' || true; }
 snapshot() { sha256sum "$STATE/volumes.json" "$I/dev.img" "$I/prod.img"; }
 # wait_for CMD...: up to 10 s
-wait_for() { local i; for ((i = 0; i < 200; i++)); do "$@" && return 0; sleep 0.05; done; return 1; }
 reload_policy() { # then wait until USER may do what the new statement allows
     kill -HUP "$CMEKD_PID"
     wait_for grep -q "Policy $POLICY loaded: $1 statements" "$TEST_TMP/cmekd.log" || fail "policy not reloaded"
@@ -147,7 +146,7 @@ done
 a=$(raw_as ckpdev '{"method":"io.cmek.Key.Show","parameters":{"key":"Prod/prodkey"}}')
 [ "$(json_get "$a" error)" = io.cmek.KeyNotFound ] || fail "Key.Show of a Prod key by ckpdev: $a"
 # a key ckpdev may inspect (use implies read) but not manage: told the statement he lacks
-expect_exit 4 as_user_ctl ckpdev key disable "$KD"
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckpdev key disable "$KD"
 assert_contains "$(cat "$TEST_TMP/err")" "allow user ckpdev to manage keys in compartment Dev"
 [ "$(cmekctl key show "$KD" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"]["state"])')" = ENABLED ] ||
     fail "the refused disable changed the key"
@@ -171,13 +170,13 @@ log "10: PolicyCheck about oneself is open; with a group (even one's own) it nee
 as_user_ctl ckpdev policy check --user ckpdev --compartment Dev use keys | grep -qx allowed || fail "self check failed"
 for args in "--group ckpdev" "--user ckpdev --group ckpdev" "--user ckpnone"; do
     # shellcheck disable=SC2086
-    expect_exit 4 as_user_ctl ckpdev policy check $args --compartment Dev use keys
+    expect_exit "$EXIT_PERMISSION" as_user_ctl ckpdev policy check $args --compartment Dev use keys
     assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
     assert_not_contains "$(cat "$TEST_TMP/out")" "allowed"
 done
 cmekctl policy check --group ckpdev --compartment Dev use keys >/dev/null 2>&1 || [ $? -eq 4 ] || fail "root's group check failed"
 # nor does it tell which accounts exist
-expect_exit 4 as_user_ctl ckpnone policy check --user ckpnosuchuser use keys
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckpnone policy check --user ckpnosuchuser use keys
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.PermissionDenied"
 assert_not_contains "$(cat "$TEST_TMP/err")" "unknown user"
 rc=0; cmekctl policy check --user ckpnosuchuser use keys >/dev/null 2>"$TEST_TMP/err" || rc=$?
@@ -185,9 +184,7 @@ rc=0; cmekctl policy check --user ckpnosuchuser use keys >/dev/null 2>"$TEST_TMP
 
 log "6: an empty Volume.Rewrap by a user without a grant: refused, nothing audited ok, no event, no hook"
 EV=$TEST_TMP/events
-cmekctl --json events --follow >"$EV" 2>/dev/null &
-EVPID=$!
-on_exit "kill $EVPID 2>/dev/null"
+follow_events "$EV"
 # prove the observers work: a real event reaches the subscriber and the hook
 cmekctl key create probe --compartment Dev >/dev/null
 cmekctl key disable Dev/probe >/dev/null
@@ -222,7 +219,7 @@ cmekctl volume rewrap --key "$KP" >/dev/null
 wait_for grep -q rewrap.completed "$EV" || fail "a real rewrap sent no event"
 wait_for grep -q rewrap.completed "$REC" || fail "a real rewrap ran no hook"
 audit_new_ok "$n0" | grep -q volume.rewrap_completed || fail "a real rewrap was not audited"
-kill $EVPID 2>/dev/null || true
+kill $FOLLOW_PID 2>/dev/null || true
 stop_cmekd
 
 log "6: a flood of events fills the hook queue; the hook for key.disabled still runs"

@@ -123,14 +123,14 @@ chmod 600 "$R/victim.dat"
 mkdir -p "$TEST_TMP/rootonly"
 chmod 755 "$TEST_TMP/rootonly"
 before=$(snap "$R/victim.dat" "$R/prod.img")
-expect_exit 4 as_user_ctl ckvdev volume create "$R/victim.dat" --key Dev/devkey --force
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckvdev volume create "$R/victim.dat" --key Dev/devkey --force
 assert_contains "$(cat "$TEST_TMP/err")" "you cannot write"
-expect_exit 4 as_user_ctl ckvdev volume create "$TEST_TMP/rootonly/new.img" --key Dev/devkey --size 16M
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckvdev volume create "$TEST_TMP/rootonly/new.img" --key Dev/devkey --size 16M
 assert_contains "$(cat "$TEST_TMP/err")" "you cannot create"
 [ ! -e "$TEST_TMP/rootonly/new.img" ] || fail "finding 3: a file was created in a root-only directory"
 # a symbolic link in a public directory pointing at a root file changes nothing either
 as_user ckvdev ln -s "$R/victim.dat" "$P/link.img"
-expect_exit 4 as_user_ctl ckvdev volume create "$P/link.img" --key Dev/devkey --force
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckvdev volume create "$P/link.img" --key Dev/devkey --force
 # the state directory: not even root may put (or format) a volume there, by any name
 tokfile=$(find "$STATE/softhsm" -type f -name '*.object' | head -1)
 [ -n "$tokfile" ] || tokfile=$(find "$STATE/softhsm" -type f | head -1)
@@ -167,7 +167,7 @@ if command -v losetup >/dev/null && truncate -s 16M "$R/loop.img" && LOOP=$(lose
     rc=0; cmekctl volume create "$LOOP" --key Dev/devkey --force >"$TEST_TMP/out" 2>&1 || rc=$?
     [ $rc -ne 0 ] || fail "finding 3: create --force formatted a held block device"
     assert_contains "$(cat "$TEST_TMP/out")" "mounted or in use"
-    expect_exit 4 as_user_ctl ckvdev volume create "$LOOP" --key Dev/devkey --force
+    expect_exit "$EXIT_PERMISSION" as_user_ctl ckvdev volume create "$LOOP" --key Dev/devkey --force
     assert_unchanged "$before" "create --force on a held block device" "$R/loop.img"
     kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
     cmekctl volume create "$LOOP" --key Dev/devkey --force >/dev/null || fail "create --force on a free block device failed"
@@ -243,7 +243,7 @@ assert_contains "$(cat "$TEST_TMP/out")" "PBKDF costlier than cmekd runs"
 [ $ms -lt 1000 ] || fail "finding 9: the refusal took $ms ms"
 assert_unchanged "$before" "the refused bind of a costly header" "$P/dev/kdf.img"
 # a keyslot that is not there, or the CMEK one, is refused too; a sane keyslot still binds
-printf pw | expect_exit 2 as_user_ctl ckvdev volume bind "$P/dev/kdf.img" --key Dev/devkey --unlock-passphrase-stdin --unlock-keyslot 7
+printf pw | expect_exit "$EXIT_USAGE" as_user_ctl ckvdev volume bind "$P/dev/kdf.img" --key Dev/devkey --unlock-passphrase-stdin --unlock-keyslot 7
 as_user ckvdev truncate -s 20M "$P/dev/ok.img"
 printf pw | as_user ckvdev cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
     --key-file - "$P/dev/ok.img"
@@ -251,14 +251,14 @@ printf pw >"$TEST_TMP/pw.key"
 chmod 644 "$TEST_TMP/pw.key"
 printf pw2 | as_user ckvdev cryptsetup luksAddKey -q --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
     --key-file "$TEST_TMP/pw.key" "$P/dev/ok.img" -
-printf pw2 | expect_exit 2 as_user_ctl ckvdev volume bind "$P/dev/ok.img" --key Dev/devkey --unlock-passphrase-stdin
+printf pw2 | expect_exit "$EXIT_USAGE" as_user_ctl ckvdev volume bind "$P/dev/ok.img" --key Dev/devkey --unlock-passphrase-stdin
 printf pw2 | as_user_ctl ckvdev volume bind "$P/dev/ok.img" --key Dev/devkey --unlock-passphrase-stdin --unlock-keyslot 1 >/dev/null
 
 log "8c/14: mapping names"
-expect_exit 4 as_user_ctl ckvdev volume unlock --test "$DEV_UUID" --name mything
+expect_exit "$EXIT_PERMISSION" as_user_ctl ckvdev volume unlock --test "$DEV_UUID" --name mything
 assert_contains "$(cat "$TEST_TMP/err")" "manage volumes in tenancy"
 as_user_ctl ckvdev volume unlock --test "$DEV_UUID" --name "cmek-$DEV_UUID" >/dev/null
-expect_exit 1 cmekctl volume unlock --test "$DEV_UUID" --name backupvol
+expect_exit "$EXIT_FAILURE" cmekctl volume unlock --test "$DEV_UUID" --name backupvol
 assert_contains "$(cat "$TEST_TMP/err")" "/etc/crypttab"
 cmekctl volume unlock --test "$DEV_UUID" --name freename >/dev/null
 # identifiers: a mapping named like another volume's UUID never shadows it

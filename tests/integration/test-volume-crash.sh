@@ -21,22 +21,7 @@ K=$(key_id prod/crash)
 for i in $(seq 1 $N); do cmekctl volume create "$I/v$i.img" --key "$K" --size 16M --strict >/dev/null; done
 stop_cmekd
 
-# start_faulty POINT: a daemon that dies at POINT
-start_faulty() {
-    export CMEKD_TEST_FAULT=$1
-    start_cmekd "$STATE"
-    unset CMEKD_TEST_FAULT
-}
-# await_death: the daemon must have killed itself
-await_death() {
-    local i
-    for ((i = 0; i < 100; i++)); do kill -0 "$CMEKD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$CMEKD_PID" 2>/dev/null && fail "cmekd did not reach fault point $1"
-    wait "$CMEKD_PID" 2>/dev/null || true
-    CMEKD_PID=
-    rm -f "$SOCK"
-    grep -q "Test fault point '${1%%:*}' reached" "$TEST_TMP/cmekd.log" || fail "cmekd died elsewhere than at $1"
-}
+# start_faulty POINT (a daemon that dies at POINT), await_death POINT: tests/lib.sh
 # every volume opens through a cmek token, read by cryptsetup + plugin (no repair by cmekd)
 all_open() {
     local i

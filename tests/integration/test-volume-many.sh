@@ -46,13 +46,13 @@ assert_contains "$out" "1 re-wrapped, $((COUNT - 1)) already current, 0 unreacha
 cmekctl volume unlock --test "$I/v1.img" >/dev/null
 
 log "disable the old version afterwards: every volume still opens"
-expect_exit 7 "$CMEKCTL_BIN" key disable "$K" --version 2   # the current version: rotate first
+expect_exit "$EXIT_INVALID_STATE" "$CMEKCTL_BIN" key disable "$K" --version 2   # the current version: rotate first
 cmekctl key disable "$K" --version 1 >/dev/null
 cmekctl key show "$K" | grep -q "v1  (disabled)" || fail "version 1 not shown as disabled"
 for i in $(seq 1 "$COUNT"); do cmekctl volume unlock --test "$I/v$i.img" >/dev/null || fail "v$i.img does not open with version 1 disabled"; done
 # the token still wrapped under version 1 (put back by hand) is refused now ...
 cryptsetup token import --token-id 0 --token-replace --json-file "$TEST_TMP/v3-v1.json" "$I/v3.img"
-expect_exit 6 "$CMEKCTL_BIN" volume unlock --test "$I/v3.img"
+expect_exit "$EXIT_KEY_UNUSABLE" "$CMEKCTL_BIN" volume unlock --test "$I/v3.img"
 # ... and opens again once version 1 is enabled; a re-wrap brings it to version 2
 cmekctl key enable "$K" --version 1 >/dev/null
 cmekctl key show "$K" | grep -q "v1  (disabled)" && fail "version 1 still disabled after enable"

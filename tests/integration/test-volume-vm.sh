@@ -6,15 +6,8 @@
 # the key again reopens nothing. Runs directly where device-mapper works, else boots itself in
 # tests/vm/vm-run.
 : "${top_srcdir:=$(cd "$(dirname "$0")/../.." && pwd)}"
-dm_works() { dmsetup targets >/dev/null 2>&1; }
-if [ -z "${VM_GUEST:-}" ] && [ -z "${CMEK_IN_VM:-}" ] && ! dm_works; then
-    [ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root"; exit 77; }
-    command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: no device-mapper and no qemu"; exit 77; }
-    export CMEK_IN_VM=1 top_builddir top_srcdir
-    exec "$top_srcdir/tests/vm/vm-run" --timeout 240 --env top_builddir --env top_srcdir --env CMEK_IN_VM \
-        --env CMEK_BUILD_FLAVOR --env ASAN_OPTIONS --env UBSAN_OPTIONS --env LSAN_OPTIONS "$(readlink -f "$0")"
-fi
 . "$top_srcdir/tests/lib.sh"
+run_in_vm_unless_dm 240
 need_root
 need_cmd cryptsetup dmsetup socat python3
 modprobe dm-crypt 2>/dev/null || true
@@ -64,8 +57,8 @@ dd if="/dev/mapper/$NAME" of="$TEST_TMP/held" bs=1M count=1 iflag=direct status=
 READER=$!
 sleep 1
 kill -0 $READER 2>/dev/null || fail "a read from the suspended mapping was not held"
-expect_exit 6 cmekctl volume unlock "$I/a.img" --name "${NAME}x"
-expect_exit 6 cmekctl volume restore "$I/a.img"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock "$I/a.img" --name "${NAME}x"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume restore "$I/a.img"
 cmekctl key enable "$K" >/dev/null
 sleep 1
 is_suspended "$NAME" || fail "mapping resumed by itself after key enable"
@@ -89,7 +82,7 @@ dd if="$TEST_TMP/pattern" of="/dev/mapper/${NAME}c" bs=1M count=1 oflag=direct s
 cmekctl key disable "$KC" >/dev/null
 [ ! -e "/dev/mapper/${NAME}c" ] || fail "mapping still open after key disable under on-disable=close"
 [ "$(cmekctl volume show "$I/c.img" --json | json_get "$(cat)" volume.lock)" = closed ] || fail "not reported closed"
-expect_exit 6 cmekctl volume unlock "$I/c.img" --name "${NAME}c"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock "$I/c.img" --name "${NAME}c"
 cmekctl key enable "$KC" >/dev/null
 sleep 1
 [ ! -e "/dev/mapper/${NAME}c" ] || fail "mapping reopened by itself"

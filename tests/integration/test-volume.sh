@@ -34,7 +34,7 @@ assert_not_contains "$dump" argon2
 log "unlock --test; disabled key refused with KeyDisabled; enabled again opens"
 cmekctl volume unlock --test "$I/a.img" >/dev/null
 cmekctl key disable "$K1" >/dev/null
-expect_exit 6 cmekctl volume unlock --test "$I/a.img"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock --test "$I/a.img"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.KeyDisabled"
 assert_contains "$(cat "$TEST_TMP/err")" "DISABLED"
 [ "$(vshow "$I/a.img" EncryptionKeyStatus)" = 0 ] || fail "EncryptionKeyStatus should be 0 while disabled"
@@ -48,14 +48,14 @@ truncate -s 20M "$I/b.img"
 printf pw | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - "$I/b.img"
 cryptsetup token export --token-id 0 "$I/a.img" > "$TEST_TMP/tok.json"
 cryptsetup token import --disable-external-tokens --json-file "$TEST_TMP/tok.json" "$I/b.img"
-expect_exit 8 cmekctl volume unlock --test "$I/b.img"
+expect_exit "$EXIT_VERIFY_FAILED" cmekctl volume unlock --test "$I/b.img"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.UnwrapFailed"
 cryptsetup token remove --token-id 0 "$I/b.img"
 
 log "bind an existing LUKS2 volume: wrong passphrase and disabled key leave it untouched"
-expect_exit 2 sh -c "printf nope | '$CMEKCTL_BIN' volume bind '$I/b.img' --key '$K1' --unlock-passphrase-stdin"
+expect_exit "$EXIT_USAGE" sh -c "printf nope | '$CMEKCTL_BIN' volume bind '$I/b.img' --key '$K1' --unlock-passphrase-stdin"
 cmekctl key disable "$K1" >/dev/null
-expect_exit 6 sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/b.img' --key '$K1' --unlock-passphrase-stdin"
+expect_exit "$EXIT_KEY_UNUSABLE" sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/b.img' --key '$K1' --unlock-passphrase-stdin"
 cmekctl key enable "$K1" >/dev/null
 [ "$(nslots "$I/b.img")" = 1 ] || fail "a failed bind left a keyslot behind"
 [ "$(tokens_json "$I/b.img")" = "{}" ] || fail "a failed bind left a token behind"
@@ -69,11 +69,11 @@ assert_contains "$(vshow "$I/b.img" shred_status)" "recoverable"
 log "LUKS1 and non-LUKS devices are refused with NotLUKS2"
 truncate -s 8M "$I/l1.img" "$I/plain.img"
 printf pw | cryptsetup luksFormat -q --type luks1 --pbkdf-force-iterations 1000 --key-file - "$I/l1.img"
-expect_exit 1 sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/l1.img' --key '$K1' --unlock-passphrase-stdin"
+expect_exit "$EXIT_FAILURE" sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/l1.img' --key '$K1' --unlock-passphrase-stdin"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.NotLUKS2"
-expect_exit 1 sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/plain.img' --key '$K1' --unlock-passphrase-stdin"
+expect_exit "$EXIT_FAILURE" sh -c "printf pw | '$CMEKCTL_BIN' volume bind '$I/plain.img' --key '$K1' --unlock-passphrase-stdin"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.NotLUKS2"
-expect_exit 1 cmekctl volume create "$I/b.img" --key "$K1"
+expect_exit "$EXIT_FAILURE" cmekctl volume create "$I/b.img" --key "$K1"
 assert_contains "$(cat "$TEST_TMP/err")" "io.cmek.AlreadyExists"
 
 log "bind --key OTHER moves a bound volume; unbind reverts to the provider-managed key"
@@ -100,7 +100,7 @@ assert_contains "$(tokens_json "$I/c.img")" '"keyslots": ["1"]'
 cmekctl volume unlock --test "$I/c.img" >/dev/null
 
 log "remove-slot: refused when it would leave no keyslot"
-expect_exit 7 cmekctl volume unbind --remove-slot "$I/c.img"
+expect_exit "$EXIT_INVALID_STATE" cmekctl volume unbind --remove-slot "$I/c.img"
 cmekctl volume unlock --test "$I/c.img" >/dev/null
 
 log "key deletion shreds strict volumes; a volume with a recovery passphrase survives"
@@ -111,7 +111,7 @@ printf recover | cmekctl volume create "$I/r.img" --key "$K3" --size 16M --recov
 [ "$(nslots "$I/r.img")" = 2 ] || fail "recovery passphrase slot missing"
 assert_contains "$(vshow "$I/s.img" shred_status)" "CMEK only"
 cmekctl key schedule-deletion "$K3" --days 7 >/dev/null
-expect_exit 6 cmekctl volume unlock --test "$I/s.img"
+expect_exit "$EXIT_KEY_UNUSABLE" cmekctl volume unlock --test "$I/s.img"
 assert_contains "$(cat "$TEST_TMP/err")" "PENDING_DELETION"
 now=$(date +%s)
 cmekctl_raw "{\"method\":\"io.cmek.Key.RunScheduled\",\"parameters\":{\"now\":$((now + 8 * 86400))}}" >/dev/null
@@ -121,7 +121,7 @@ assert_contains "$(vshow "$I/s.img" shred_status)" "shredded"
 [ "$(vshow "$I/r.img" state)" = KEY_DELETED ] || fail "volume with recovery passphrase not KEY_DELETED"
 assert_contains "$(vshow "$I/r.img" shred_status)" "not shredded: has other keyslots"
 printf recover | cryptsetup open --test-passphrase --key-file - "$I/r.img" || fail "recovery passphrase no longer opens"
-expect_exit 7 cmekctl volume unlock --test "$I/s.img"
+expect_exit "$EXIT_INVALID_STATE" cmekctl volume unlock --test "$I/s.img"
 
 log "the registry survives a restart; list shows the metrics"
 stop_cmekd
