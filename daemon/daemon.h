@@ -7,6 +7,7 @@
 
 extern const Interface interface_varlink_service; /* org.varlink.service */
 extern const Interface interface_events;          /* io.cmek.Events */
+extern const Interface interface_errors;          /* io.cmek: the shared errors, daemon/api-errors.c */
 #include "modules.h"                               /* DAEMON_EXTRA_INTERFACES, module hooks */
 
 int server_listen(Manager *m, int fd);
@@ -14,6 +15,8 @@ int server_bind(Manager *m, const char *path);
 void server_done(Manager *m);
 int send_json_error(Connection *c, const char *error, const char *message);
 const Interface *const *manager_interfaces(size_t *ret_n);
+/* The IDL text GetInterfaceDescription returns (test-only methods with --test-hooks only); free() it. */
+char *manager_interface_description(Manager *m, const Interface *iface);
 
 int manager_load_policy(Manager *m, bool reload);
 void events_done(Manager *m);
