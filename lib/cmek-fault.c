@@ -5,12 +5,20 @@
 
 #include "cmek-fault.h"
 #include "cmek-log.h"
+#include "cmek-util.h"
 
 static bool fault_enabled = false;
 static unsigned fault_hits = 0;
 
+/* the shared chokepoint of every atomic file write (the writer in lib/cmek-util.c,
+ * which the tools link without this file) */
+static void write_file_before_rename(void) {
+        cmek_fault("write-file-before-rename");
+}
+
 void cmek_fault_enable(bool b) {
         fault_enabled = ENABLE_TEST_HOOKS && b;
+        cmek_write_file_set_before_rename_hook(fault_enabled ? write_file_before_rename : NULL);
 }
 
 void cmek_fault(const char *name) {

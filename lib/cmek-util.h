@@ -65,6 +65,9 @@ int cmek_write_file_atomic(const char *path, const void *data, size_t size, mode
 /* The same, and the temporary file gets owner uid and group gid (fchown before the rename; -1
  * keeps that id), so the file never exists under its name with other owners or mode. */
 int cmek_write_file_atomic_full(const char *path, const void *data, size_t size, mode_t mode, uid_t uid, gid_t gid);
+/* Called by every atomic write between its fsync and its rename (NULL: nothing). Only the daemon's
+ * fault points set it (cmek_fault_enable()); lib/ stays free of daemon code for the tools. */
+void cmek_write_file_set_before_rename_hook(void (*hook)(void));
 /* Read a whole file (at most max bytes); NUL-terminated. */
 int cmek_read_file(const char *path, size_t max, char **ret, size_t *ret_size);
 int cmek_mkdir_p(const char *path, mode_t mode);

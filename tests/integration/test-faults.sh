@@ -30,7 +30,10 @@ for f in $(cd "$top_srcdir" && grep -lE "$WRITES" daemon/*.c lib/*.c); do
     fi
 done
 # the shared chokepoints: every atomic file write and every audit append
-grep -q 'cmek_fault("write-file-before-rename")' "$top_srcdir/lib/cmek-util.c" || { log "cmek_write_file_atomic() lost its fault point"; bad=1; }
+# (lib/cmek-util.c is linked by the tools too, so its point is a hook that lib/cmek-fault.c sets)
+grep -q 'before_rename_hook();' "$top_srcdir/lib/cmek-util.c" || { log "cmek_write_file_atomic() lost its fault point hook"; bad=1; }
+grep -q 'cmek_fault("write-file-before-rename")' "$top_srcdir/lib/cmek-fault.c" || { log "cmek_write_file_atomic() lost its fault point"; bad=1; }
+grep -q 'cmek_write_file_set_before_rename_hook(fault_enabled' "$top_srcdir/lib/cmek-fault.c" || { log "cmek_fault_enable() no longer sets the atomic-write fault point"; bad=1; }
 grep -q 'cmek_fault("audit-before-append")' "$top_srcdir/lib/cmek-audit.c" || { log "cmek_audit_append() lost its fault point"; bad=1; }
 [ $bad -eq 0 ] || fail "write sites without fault points"
 POINTS=$(cd "$top_srcdir" && grep -ho 'cmek_fault("[^"]*")' daemon/*.c lib/*.c | sed 's/cmek_fault("\(.*\)")/\1/' | sort -u)
