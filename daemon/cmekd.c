@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "cmek-audit.h"
+#include "config.h"
 #include "daemon.h"
 #include "policy.h"
 
@@ -19,6 +20,7 @@
 #define DEFAULT_HOOKS_DIR SYSCONFDIR "/cmekd/hooks.d"
 
 static bool state_dir_given = false;
+static bool arg_check_config = false;
 
 static void help(void) {
         printf("Usage: cmekd [OPTIONS]\n\n"
@@ -27,19 +29,22 @@ static void help(void) {
                "     --version           Show the version\n"
                "     --state-dir DIR     Keep all state under DIR (default " DEFAULT_STATE_DIR ")\n"
                "     --socket PATH       Listen on PATH instead of using socket activation\n"
-               "     --config FILE       Configuration file (default " DEFAULT_CONFIG ")\n"
+               "     --config FILE       Configuration file (default " DEFAULT_CONFIG " if it exists)\n"
                "     --policy FILE       Policy file (default " DEFAULT_POLICY " if it exists;\n"
                "                         without one only root may do anything)\n"
                "     --hooks-dir DIR     Run the executables in DIR for every event\n"
                "                         (default " DEFAULT_HOOKS_DIR ")\n"
                "     --metrics-file PATH Write Prometheus metrics to PATH (node_exporter textfile)\n"
                "     --log-level LEVEL   debug, info, notice, warning, err\n"
-               "     --test-hooks        Honour CMEKD_TEST_* variables (test builds only)\n\n"
+               "     --test-hooks        Honour CMEKD_TEST_* variables (test builds only)\n"
+               "     --check-config      Check the configuration and policy files, print every\n"
+               "                         error with its line, and exit (0: both valid)\n\n"
                "See cmekd(8).\n");
 }
 
 static int parse_argv(Manager *m, int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS, ARG_HOOKS_DIR, ARG_METRICS_FILE };
+        enum { ARG_VERSION = 0x100, ARG_STATE_DIR, ARG_SOCKET, ARG_CONFIG, ARG_POLICY, ARG_LOG_LEVEL, ARG_TEST_HOOKS, ARG_HOOKS_DIR, ARG_METRICS_FILE,
+               ARG_CHECK_CONFIG };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -51,6 +56,7 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 { "test-hooks", no_argument, NULL, ARG_TEST_HOOKS },
                 { "hooks-dir", required_argument, NULL, ARG_HOOKS_DIR },
                 { "metrics-file", required_argument, NULL, ARG_METRICS_FILE },
+                { "check-config", no_argument, NULL, ARG_CHECK_CONFIG },
                 {}
         };
         int c;
@@ -72,9 +78,11 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                         m->socket_path = strdup(optarg);
                         break;
                 case ARG_CONFIG:
+                        free(m->config_path);
                         m->config_path = strdup(optarg);
                         break;
                 case ARG_POLICY:
+                        free(m->policy_path);
                         m->policy_path = strdup(optarg);
                         break;
                 case ARG_LOG_LEVEL: {
@@ -95,6 +103,9 @@ static int parse_argv(Manager *m, int argc, char *argv[]) {
                 case ARG_METRICS_FILE:
                         free(m->metrics_file);
                         m->metrics_file = strdup(optarg);
+                        break;
+                case ARG_CHECK_CONFIG:
+                        arg_check_config = true;
                         break;
                 case ARG_TEST_HOOKS:
                         if (!ENABLE_TEST_HOOKS)
@@ -143,6 +154,44 @@ static void harden_process(void) {
         }
 }
 
+/* cmekd --check-config: both files through the daemon's own parsers; no token, no socket, no
+ * state directory, so any user who can read the files can run it (as sshd -t). */
+static int check_config(Manager *m) {
+        _cleanup_config_ Config *c = NULL;
+        _cleanup_(policy_freep) Policy *p = NULL;
+        _cleanup_free_ char *error = NULL;
+        unsigned n_errors = 0;
+        int r, ret = 0;
+
+        r = config_load(m->config_path, false, &c, &n_errors);
+        if (r < 0) {
+                if (n_errors > 0)
+                        log_error("%s: %u error%s.", m->config_path, n_errors, n_errors == 1 ? "" : "s");
+                ret = r;
+        }
+        if (m->policy_path) {
+                r = policy_load(m->policy_path, &p, &error);
+                if (r < 0) {
+                        if (error)
+                                log_error("%s", error);
+                        else
+                                log_error_errno(r, "Cannot read the policy file '%s': %m", m->policy_path);
+                        ret = r;
+                }
+        }
+        if (ret < 0)
+                return ret;
+        if (m->config_path)
+                printf("%s: valid.\n", m->config_path);
+        else
+                printf("No configuration file (%s does not exist): every setting has its default.\n", DEFAULT_CONFIG);
+        if (m->policy_path)
+                printf("%s: valid, %zu statements.\n", m->policy_path, policy_n_statements(p));
+        else
+                printf("No policy file (%s does not exist): only root may use cmekd.\n", DEFAULT_POLICY);
+        return 0;
+}
+
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
         (void) sd_notify(0, "RELOADING=1");
@@ -176,6 +225,20 @@ static int run(int argc, char *argv[]) {
         r = parse_argv(m, argc, argv);
         if (r <= 0)
                 goto out;
+        if (!m->config_path && access(DEFAULT_CONFIG, F_OK) >= 0)
+                m->config_path = strdup(DEFAULT_CONFIG);
+        if (!m->policy_path && access(DEFAULT_POLICY, F_OK) >= 0)
+                m->policy_path = strdup(DEFAULT_POLICY);
+        if (arg_check_config) {
+                r = check_config(m);
+                goto out;
+        }
+        /* a configuration error stops the start before anything else happens */
+        r = config_load(m->config_path, false, &m->config, NULL);
+        if (r < 0) {
+                log_error("Invalid configuration, not starting: fix the errors above (cmekd --check-config shows them all).");
+                goto out;
+        }
 
         harden_process();
         umask(0077);
@@ -194,8 +257,6 @@ static int run(int argc, char *argv[]) {
                 log_error_errno(r, "Failed to create the state directory '%s': %m", m->state_dir);
                 goto out;
         }
-        if (!m->policy_path && access(DEFAULT_POLICY, F_OK) >= 0)
-                m->policy_path = strdup(DEFAULT_POLICY);
         r = manager_load_policy(m, false);
         if (r < 0)
                 goto out;
@@ -267,6 +328,7 @@ out:
         free(m->state_dir);
         free(m->socket_path);
         free(m->config_path);
+        config_free(m->config);
         free(m->policy_path);
         free(m->hooks_dir);
         free(m->metrics_file);

@@ -19,6 +19,7 @@ typedef struct CmekAudit CmekAudit;     /* lib/cmek-audit.h */
 typedef struct VaultSet VaultSet;       /* daemon/vault.h */
 typedef struct KeyStore KeyStore;       /* daemon/key.h */
 typedef struct VolumeRegistry VolumeRegistry; /* daemon/volume.h */
+typedef struct Config Config;           /* daemon/config.h */
 
 /* Who is calling, from SO_PEERCRED (+ supplementary groups from /proc or getgrouplist). */
 typedef struct Caller {
@@ -33,7 +34,8 @@ struct Manager {
         sd_event *event;
         char *state_dir;
         char *socket_path;      /* NULL when socket-activated */
-        char *config_path;
+        char *config_path;      /* NULL: no file, every default */
+        Config *config;         /* what it says, read once at start (and on SIGHUP) */
         char *policy_path;      /* NULL: only root may do anything */
         char *hooks_dir;        /* executables run for every event */
         bool test_hooks;        /* test-only env vars honoured (--enable-test-hooks build + flag) */

@@ -140,10 +140,15 @@ fi
 
 # system_lock NAME: hold a machine-wide lock until the test exits, for what all build trees share
 # (the token plugin directory, local accounts). Waits up to 15 minutes.
+# Taking it again in the same test is a no-op: a second flock on a new descriptor would wait for
+# the test itself (test-sec-hygiene installs the token plugin three times).
+declare -A SYSTEM_LOCKS=()
 system_lock() {
     local fd
+    [ -z "${SYSTEM_LOCKS[$1]:-}" ] || return 0
     exec {fd}>"/run/lock/cmek-test-$1.lock" || fail "cannot open the lock for $1"
     flock -w 900 "$fd" || fail "waited 15 minutes for another test run holding '$1'"
+    SYSTEM_LOCKS[$1]=$fd
 }
 
 # install_token_plugin: libcryptsetup loads token plugins only from its compiled-in directory, so
