@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The io.cmek.Vault and io.cmek.Key Varlink interfaces: their declarations and handlers. */
 #include <stdio.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
+#include "cmek-errors.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -170,15 +171,14 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
                         return reply_invalid(c, "wrapping_algorithm", "\"wrapping_algorithm\" is RSA_OAEP_AES_SHA256 or RSA_OAEP_SHA256");
                 if (p.software)
                         return reply_invalid(c, "protection_mode", "imported keys live in the token: protection mode \"hsm\" only");
-                if (strlen(w) % 4 != 0 || strlen(w) / 4 * 3 > IMPORT_BLOB_MAX)
-                        return reply_invalid(c, "wrapped", "\"wrapped\" must be base64 of at most 2048 bytes");
-                blob = malloc(strlen(w) / 4 * 3 + 1);
+                blob = malloc(IMPORT_BLOB_MAX);
                 if (!blob)
                         return -ENOMEM;
-                int n = EVP_DecodeBlock(blob, (const unsigned char *) w, (int) strlen(w));
+                ssize_t n = cmek_base64_decode_to(w, blob, IMPORT_BLOB_MAX);
+                if (n == -ENOBUFS)
+                        return reply_invalid(c, "wrapped", "\"wrapped\" must be base64 of at most 2048 bytes");
                 if (n < 0)
-                        return reply_invalid(c, "wrapped", "\"wrapped\" is not valid base64");
-                n -= (strlen(w) > 0 && w[strlen(w) - 1] == '=') + (strlen(w) > 1 && w[strlen(w) - 2] == '=');
+                        return reply_invalid(c, "wrapped", "\"wrapped\" is not valid base64 (RFC 4648, padded, no whitespace)");
                 p.wrapped = blob;
                 p.wrapped_size = (size_t) n;
                 p.bits = 256;   /* the blob decides; only checked against 128/192/256 */
@@ -399,27 +399,16 @@ static int method_run_scheduled(Manager *m, Call *c, json_object *params) {
 }
 
 static ssize_t param_b64(json_object *params, const char *name, uint8_t *buf, size_t max) {
-        const char *s = cmek_json_get_string(params, name);
-        size_t n = s ? strlen(s) : 0;
-        int k;
-
-        if (!s || n % 4 != 0 || n / 4 * 3 > max)
-                return -EINVAL;
-        k = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) n);
-        if (k < 0)
-                return -EINVAL;
-        return k - (n > 0 && s[n - 1] == '=') - (n > 1 && s[n - 2] == '=');
+        return cmek_base64_decode_to(cmek_json_get_string(params, name), buf, max);
 }
 
+/* The refusals of key_encrypt()/key_decrypt() (key.h), named by the error table. */
 static int reply_use_error(Call *c, const char *key, int r) {
-        const char *e = r == -EKEYREVOKED ? CMEK_ERROR_KEY_DISABLED : r == -EKEYEXPIRED ? CMEK_ERROR_KEY_PENDING_DELETION :
-                r == -ENOKEY ? CMEK_ERROR_KEY_DELETED : r == -ENOENT ? CMEK_ERROR_KEY_NOT_FOUND :
-                r == -EBADMSG ? CMEK_ERROR_UNWRAP_FAILED : NULL;
-        if (!e)
+        if (r != -EKEYREVOKED && r != -EKEYEXPIRED && r != -ENOKEY && r != -ENOENT && r != -EBADMSG)
                 return r;
         json_object *p = error_params(strerror(-r));
         json_object_object_add(p, "key", json_object_new_string(key));
-        return call_error(c, e, p);
+        return call_error(c, cmek_error_from_errno(r, /* with_key= */ true, NULL)->name, p);
 }
 
 /* Test-only: key_encrypt/key_decrypt as the volume code calls them. */
@@ -446,11 +435,11 @@ static int method_test_encrypt(Manager *m, Call *c, json_object *params) {
         json_object *p = json_object_new_object();
         char b[512];
         json_object_object_add(p, "version", json_object_new_int64(version));
-        EVP_EncodeBlock((unsigned char *) b, iv, 12);
+        cmek_base64_encode_to(b, iv, 12);
         json_object_object_add(p, "iv", json_object_new_string(b));
-        EVP_EncodeBlock((unsigned char *) b, ct, (int) n);
+        cmek_base64_encode_to(b, ct, (size_t) n);
         json_object_object_add(p, "ciphertext", json_object_new_string(b));
-        EVP_EncodeBlock((unsigned char *) b, tag, 16);
+        cmek_base64_encode_to(b, tag, 16);
         json_object_object_add(p, "tag", json_object_new_string(b));
         return call_reply(c, p);
 }

@@ -3,8 +3,9 @@
 #include <stdio.h>
 #include <unistd.h>
 #include <libcryptsetup.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
+#include "cmek-errors.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -12,111 +13,28 @@
 #include "policy.h"
 #include "volume.h"
 
-/* Turns an -errno of volume.c/key.c into the Varlink error that says what to do. */
+/* Turns an -errno of volume.c/key.c into the Varlink error that says what to do (lib/cmek-errors.c). */
 static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
         json_object *p = json_object_new_object();
-        const char *error;
+        const char *hint;
+        const CmekError *e = cmek_error_from_errno(r, key_id, &hint);
         char msg[512];
 
         if (device)
                 json_object_object_add(p, "device", json_object_new_string(device));
         if (key_id)
                 json_object_object_add(p, "key_id", json_object_new_string(key_id));
-        switch (r) {
-        case -EMEDIUMTYPE:
-                error = CMEK_ERROR_NOT_LUKS2;
-                snprintf(msg, sizeof(msg), "'%s' is not a LUKS2 volume (LUKS1 or no LUKS header): "
-                         "convert it with 'cryptsetup convert --type luks2' or format it with 'cmekctl volume create'", strempty(device));
-                break;
-        case -ENODEV:
-                error = CMEK_ERROR_VOLUME_NOT_FOUND;
-                snprintf(msg, sizeof(msg), "'%s' does not exist or is no longer the volume cmekd knows; "
-                         "create an image with --size, or run 'cmekctl volume scan PATH'", strempty(device));
-                break;
-        case -EEXIST:
-                error = CMEK_ERROR_ALREADY_EXISTS;
-                snprintf(msg, sizeof(msg), "'%s' already has a LUKS header: bind it with 'cmekctl volume bind'", strempty(device));
-                break;
-        case -ENOTEMPTY:
-                error = CMEK_ERROR_ALREADY_EXISTS;
-                snprintf(msg, sizeof(msg), "'%s' holds data (its first 64 KiB are not zero): pass --force to format it anyway", strempty(device));
-                break;
-        case -EPERM:
-                error = VARLINK_ERROR_INVALID_PARAMETER;
-                snprintf(msg, sizeof(msg), "the unlock passphrase or key file does not open the keyslot tried on '%s' "
-                         "(one per request: the one given with --unlock-keyslot N, else the first non-CMEK keyslot; "
-                         "'cryptsetup luksDump' lists them)", strempty(device));
-                break;
-        case -ENOKEY:
-                if (!key_id) {
-                        error = CMEK_ERROR_INVALID_TRANSITION;
-                        snprintf(msg, sizeof(msg), "'%s' has no usable CMEK keyslot (key deleted or volume shredded)", strempty(device));
-                        break;
-                }
-                error = CMEK_ERROR_KEY_DELETED;
-                json_object_object_add(p, "state", json_object_new_string("DELETED"));
-                snprintf(msg, sizeof(msg), "key %s is DELETED: nothing it wrapped can be unwrapped again", key_id);
-                break;
-        case -EKEYREVOKED:
-                error = CMEK_ERROR_KEY_DISABLED;
-                json_object_object_add(p, "state", json_object_new_string("DISABLED"));
-                snprintf(msg, sizeof(msg), "key %s is DISABLED: enable it with 'cmekctl key enable %s'", strempty(key_id), strempty(key_id));
-                break;
-        case -EKEYEXPIRED:
-                error = CMEK_ERROR_KEY_PENDING_DELETION;
-                json_object_object_add(p, "state", json_object_new_string("PENDING_DELETION"));
-                snprintf(msg, sizeof(msg), "key %s is PENDING_DELETION: cancel it with 'cmekctl key cancel-deletion %s'",
-                         strempty(key_id), strempty(key_id));
-                break;
-        case -ENOENT:
-                error = CMEK_ERROR_KEY_NOT_FOUND;
-                snprintf(msg, sizeof(msg), "no key or key version '%s' (or the volume is not bound)", strempty(key_id));
-                break;
-        case -EBADMSG:
-                error = CMEK_ERROR_UNWRAP_FAILED;
-                snprintf(msg, sizeof(msg), "the wrapped DEK does not authenticate for this volume, keyslot, key and version: "
-                         "the token was copied from another volume or altered");
-                break;
-        case -ENOSPC:
-                error = CMEK_ERROR_DEVICE_ERROR;
-                snprintf(msg, sizeof(msg), "no free keyslot or token (or no room in the LUKS2 metadata) on '%s'", strempty(device));
-                break;
-        case -EHOSTDOWN:
-                error = CMEK_ERROR_VAULT_UNAVAILABLE;
-                snprintf(msg, sizeof(msg), "key %s is not in any available vault, and a vault is unavailable "
-                         "(its token gone?): see 'cmekctl vault list'", strempty(key_id));
-                break;
-        case -ESTALE:
-                error = CMEK_ERROR_BUSY;
-                snprintf(msg, sizeof(msg), "the header of '%s' changed while the request was being checked: try again", strempty(device));
-                break;
-        case -E2BIG:
-                error = VARLINK_ERROR_INVALID_PARAMETER;
-                snprintf(msg, sizeof(msg), "the keyslot of '%s' to derive from uses a PBKDF costlier than cmekd runs "
-                         "(Argon2 above 1 GiB, 4 threads or 16 passes, PBKDF2 above 10 million iterations): add a "
-                         "passphrase with the default PBKDF (cryptsetup luksAddKey) and pass --unlock-keyslot", strempty(device));
-                break;
-        case -ENXIO:
-                error = VARLINK_ERROR_INVALID_PARAMETER;
-                snprintf(msg, sizeof(msg), "'%s' has no such active keyslot to derive from (only the CMEK one?): "
-                         "pass --unlock-keyslot N of a passphrase keyslot", strempty(device));
-                break;
-        case -EBUSY:
-                error = CMEK_ERROR_BUSY;
-                snprintf(msg, sizeof(msg), "'%s' is in use", strempty(device));
-                break;
-        default:
-                error = CMEK_ERROR_DEVICE_ERROR;
-                snprintf(msg, sizeof(msg), "'%s': %s", strempty(device), strerror(r < 0 ? -r : r));
-        }
-        if (streq(error, VARLINK_ERROR_INVALID_PARAMETER)) {
+        if (e->key_state)
+                json_object_object_add(p, "state", json_object_new_string(e->key_state));
+        cmek_error_format_hint(hint, r, device, key_id, msg, sizeof(msg));
+        if (streq(e->name, VARLINK_ERROR_INVALID_PARAMETER)) {
                 /* the standard error names the parameter; the device is in the message */
                 json_object_object_del(p, "device");
                 json_object_object_del(p, "key_id");
                 json_object_object_add(p, "parameter", json_object_new_string(r == -EPERM ? "unlock_secret" : "unlock_keyslot"));
         }
         json_object_object_add(p, "message", json_object_new_string(msg));
-        return call_error(c, error, p);
+        return call_error(c, e->name, p);
 }
 
 static void audit(Manager *m, Call *c, const char *event, const char *result, const Volume *v,
@@ -169,41 +87,18 @@ static int authorize_key(Manager *m, Call *c, const char *key, const char *verb,
         return 0;
 }
 
-/* A base64 secret parameter, decoded into locked memory; the JSON copy is wiped. */
+/* A base64 secret parameter (at most 12 KiB), decoded into locked memory; the JSON copy is wiped.
+ * 0 if absent or null, 1 if decoded. */
 static int get_secret(json_object *params, const char *name, void **ret, size_t *ret_size) {
         json_object *v;
-        const char *s;
-        size_t len;
-        unsigned char *buf;
-        int n;
+        int r;
 
         *ret = NULL;
         *ret_size = 0;
         if (!json_object_object_get_ex(params, name, &v) || json_object_is_type(v, json_type_null))
                 return 0;
-        if (!json_object_is_type(v, json_type_string))
-                return -EINVAL;
-        s = json_object_get_string(v);
-        len = strlen(s);
-        if (len == 0 || len % 4 != 0 || len > 16384) {
-                cmek_json_wipe_string(v);
-                return -EINVAL;
-        }
-        buf = cmek_secure_alloc(len / 4 * 3 + 1);
-        if (!buf)
-                return -ENOMEM;
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        /* EVP_DecodeBlock counts padding as zero bytes: drop them (before wiping the text) */
-        if (n >= 0 && s[len - 1] == '=')
-                n -= s[len - 2] == '=' ? 2 : 1;
-        cmek_json_wipe_string(v);
-        if (n < 0) {
-                cmek_secure_free(buf);
-                return -EINVAL;
-        }
-        *ret = buf;
-        *ret_size = (size_t) n;
-        return 1;
+        r = cmek_base64_decode_secret(v, 12288, ret, ret_size);
+        return r < 0 ? r : 1;
 }
 
 /* InvalidParameter for a value the declaration admits but this method does not (types, presence
@@ -668,7 +563,7 @@ static int method_restore(Manager *m, Call *c, json_object *params) {
                 }
         }
         if (k.state != KEY_STATE_ENABLED) {
-                r = k.state == KEY_STATE_DISABLED ? -EKEYREVOKED : k.state == KEY_STATE_PENDING_DELETION ? -EKEYEXPIRED : -ENOKEY;
+                r = key_state_to_errno(k.state);
                 reply_errno(c, r, NULL, k.id);
                 key_info_done(&k);
                 return 0;
@@ -832,8 +727,11 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                 }
         }
         list = calloc(reg->n + (devs ? json_object_array_length(devs) : 0) + 1, sizeof(Volume *));
-        if (!list)
+        if (!list) {
+                json_object_put(results);
+                key_info_done(&k);
                 return -ENOMEM;
+        }
         if (devs && json_object_array_length(devs) > 0) {
                 for (size_t i = 0; i < json_object_array_length(devs); i++) {
                         const char *d = json_object_get_string(json_object_array_get_idx(devs, i));

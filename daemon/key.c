@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "cmek-base64.h"
 #include "cmek-fault.h"
 #include "cmek-log.h"
 #include "cmek-secmem.h"
@@ -623,30 +624,6 @@ static int key_new_id(const char *compartment, char **ret) {
         return asprintf(ret, KEY_ID_PREFIX "%s.%s", compartment, s) < 0 ? -ENOMEM : 0;
 }
 
-static char *b64_encode(const void *p, size_t n) {
-        char *s = malloc(4 * ((n + 2) / 3) + 1);
-        if (s)
-                EVP_EncodeBlock((unsigned char *) s, p, (int) n);
-        return s;
-}
-
-/* Decodes into buf (at least 3/4 of strlen(s)); returns the size or -EBADMSG. */
-static ssize_t b64_decode(const char *s, uint8_t *buf, size_t max) {
-        size_t n = strlen(s);
-        int k;
-
-        if (n % 4 != 0 || n / 4 * 3 > max)
-                return -EBADMSG;
-        k = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) n);
-        if (k < 0)
-                return -EBADMSG;
-        if (n > 0 && s[n - 1] == '=')
-                k--;
-        if (n > 1 && s[n - 2] == '=')
-                k--;
-        return k;
-}
-
 /* software mode: the material is sealed with AES-GCM by a non-extractable token key. */
 static int seal_key_handle(Vault *v, bool create, CK_OBJECT_HANDLE *ret) {
         int r = vault_secret_find(v, SEAL_KEY_LABEL, ret);
@@ -686,7 +663,7 @@ static int key_new_version(Key *k, unsigned version, unsigned bytes, const KeyCr
                 memcpy(blob, iv, 12);
                 memcpy(blob + 12, ct, bytes);
                 memcpy(blob + 12 + bytes, tag, 16);
-                _cleanup_free_ char *s = b64_encode(blob, 12 + bytes + 16);
+                _cleanup_free_ char *s = cmek_base64_encode(blob, 12 + bytes + 16);
                 json_object_object_add(e, "sealed", s ? json_object_new_string(s) : NULL);
         } else {
                 if (import)
@@ -1190,19 +1167,6 @@ static int on_schedule_timer(sd_event_source *s, uint64_t usec, void *userdata) 
 
 /* --- use --- */
 
-static int key_refusal(KeyState s) {
-        switch (s) {
-        case KEY_STATE_ENABLED:
-                return 0;
-        case KEY_STATE_DISABLED:
-                return -EKEYREVOKED;
-        case KEY_STATE_PENDING_DELETION:
-                return -EKEYEXPIRED;
-        default:
-                return -ENOKEY;
-        }
-}
-
 /* Checks that the version may be used; its unsealed material (software), or for encryption its
  * token object, CKA_ENCRYPT checked (ret_h: for encryption only; decryption goes by label). */
 static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OBJECT_HANDLE *ret_h, uint8_t **ret_material,
@@ -1223,7 +1187,7 @@ static int key_version_prepare(Key *k, unsigned version, bool for_encrypt, CK_OB
                 void *pt = NULL;
                 if (!sealed)
                         return -ENOKEY;
-                n = b64_decode(sealed, blob, sizeof(blob));
+                n = cmek_base64_decode_to(sealed, blob, sizeof(blob));
                 if (n < 12 + 16 + 16)
                         return -EBADMSG;
                 r = seal_key_handle(k->vault, false, &seal);
@@ -1302,7 +1266,7 @@ static int key_encrypt_internal(Manager *m, const char *key_id, unsigned version
         r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
-        r = key_refusal(key_get_state(k));
+        r = key_state_to_errno(key_get_state(k));
         if (r < 0)
                 return r;
         current = (unsigned) meta_u64(k, "current_version");
@@ -1339,7 +1303,7 @@ static int key_decrypt_internal(Manager *m, const char *key_id, unsigned version
         r = key_load_full(m, key_id, /* cached= */ true, &k);
         if (r < 0)
                 return r;
-        r = key_refusal(key_get_state(k));
+        r = key_state_to_errno(key_get_state(k));
         if (r < 0)
                 return r;
         if (version == 0)

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <json-c/json.h>
 
+#include "cmek-errors.h"
 #include "manager.h"
 
 typedef enum KeyState {
@@ -38,6 +39,11 @@ void key_info_done(KeyInfo *k);
 
 /* Look a key up by id or name (re-reading its state from the token). -ENOENT when unknown. */
 int key_lookup(Manager *m, const char *id_or_name, KeyInfo *ret);
+/* The -errno that refuses using a key in state s: 0 (ENABLED), -EKEYREVOKED (DISABLED),
+ * -EKEYEXPIRED (PENDING_DELETION), -ENOKEY (DELETED); lib/cmek-errors.c keeps the mapping. */
+static inline int key_state_to_errno(KeyState s) {
+        return cmek_error_from_key_state(key_state_to_string(s));
+}
 /* The enforcement watch: re-reads one key from its token (its metadata object and the usage
  * flags of its current version). A key ENABLED in its metadata whose CKA_DECRYPT/CKA_ENCRYPT
  * someone turned off in the token is taken as disabled there: cmekd records it DISABLED and

@@ -9,9 +9,9 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <systemd/sd-journal.h>
-#include <openssl/evp.h>
 
 #include "cmek-audit.h"
+#include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
 #include "daemon.h"
@@ -494,7 +494,7 @@ int call_reply_secret(Call *call, const char *field, const void *secret, size_t 
         /* Built by hand in locked memory, so the secret never sits in json-c's heap. */
         Connection *c = call->conn;
         const char *x = "{}";
-        size_t b64 = 4 * ((n + 2) / 3), xlen, total;
+        size_t b64 = cmek_base64_encoded_size(n), xlen, total;
         char *buf;
         int r = 0;
 
@@ -514,8 +514,7 @@ int call_reply_secret(Call *call, const char *field, const void *secret, size_t 
         }
         /* {"parameters":{"FIELD":"B64",<rest of extra>}} */
         size_t off = (size_t) snprintf(buf, total, "{\"parameters\":{\"%s\":\"", field);
-        EVP_EncodeBlock((unsigned char *) buf + off, secret, (int) n);
-        off += b64;
+        off += cmek_base64_encode_to(buf + off, secret, n);
         if (xlen > 2)
                 off += (size_t) snprintf(buf + off, total - off, "\",%.*s}", (int) (xlen - 1), x + 1);
         else

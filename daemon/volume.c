@@ -992,18 +992,9 @@ static int lookup_key(Manager *m, const char *key_id, KeyInfo *ret) {
         int r = key_lookup(m, key_id, ret);
         if (r < 0)
                 return r;
-        switch (ret->state) {
-        case KEY_STATE_ENABLED:
+        r = key_state_to_errno(ret->state);
+        if (r == 0)
                 return 0;
-        case KEY_STATE_DISABLED:
-                r = -EKEYREVOKED;
-                break;
-        case KEY_STATE_PENDING_DELETION:
-                r = -EKEYEXPIRED;
-                break;
-        default:
-                r = -ENOKEY;
-        }
         key_info_done(ret);
         return r;
 }

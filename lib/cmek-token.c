@@ -3,8 +3,8 @@
 #include <stdio.h>
 #include <time.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
 #include "cmek-token.h"
 #include "cmek-util.h"
 #include "cmek-varlink.h"
@@ -33,38 +33,12 @@ bool cmek_token_name_is_valid(const char *s) {
         return true;
 }
 
-/* Canonical base64 of exactly size bytes (padding included, nothing else). */
-static int b64_decode_exact(const char *s, uint8_t *ret, size_t size) {
-        size_t len = strlen(s), want = 4 * ((size + 2) / 3);
-        unsigned char buf[128];
-        int n;
-
-        if (len != want || want > sizeof(buf))
-                return -EINVAL;
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        if (n < 0 || (size_t) n != want / 4 * 3)
-                return -EINVAL;
-        /* EVP_DecodeBlock counts the padding as zero bytes: check that it is only padding */
-        for (size_t i = size; i < (size_t) n; i++)
-                if (buf[i] != 0)
-                        return -EINVAL;
-        if (size % 3 == 0 && s[len - 1] == '=')
-                return -EINVAL;
-        if (size % 3 == 1 && !(s[len - 1] == '=' && s[len - 2] == '='))
-                return -EINVAL;
-        if (size % 3 == 2 && !(s[len - 1] == '=' && s[len - 2] != '='))
-                return -EINVAL;
-        memcpy(ret, buf, size);
-        explicit_bzero(buf, sizeof(buf));
-        return 0;
-}
-
 static json_object *b64_encode(const uint8_t *p, size_t size) {
         char buf[128];
 
-        if (4 * ((size + 2) / 3) + 1 > sizeof(buf))
+        if (cmek_base64_encoded_size(size) + 1 > sizeof(buf))
                 return NULL;
-        EVP_EncodeBlock((unsigned char *) buf, p, (int) size);
+        cmek_base64_encode_to(buf, p, size);
         return json_object_new_string(buf);
 }
 
@@ -218,17 +192,17 @@ int cmek_token_from_json(json_object *o, CmekToken *ret, const char **ret_reason
                         seen |= F_ALG;
                 } else if (streq(key, "iv")) {
                         if (!json_object_is_type(val, json_type_string) ||
-                            b64_decode_exact(json_object_get_string(val), t.iv, sizeof(t.iv)) < 0)
+                            cmek_base64_decode_exact(json_object_get_string(val), t.iv, sizeof(t.iv)) < 0)
                                 FAIL("\"iv\" is not base64 of 12 bytes");
                         seen |= F_IV;
                 } else if (streq(key, "ciphertext")) {
                         if (!json_object_is_type(val, json_type_string) ||
-                            b64_decode_exact(json_object_get_string(val), t.ciphertext, sizeof(t.ciphertext)) < 0)
+                            cmek_base64_decode_exact(json_object_get_string(val), t.ciphertext, sizeof(t.ciphertext)) < 0)
                                 FAIL("\"ciphertext\" is not base64 of 32 bytes");
                         seen |= F_CT;
                 } else if (streq(key, "tag")) {
                         if (!json_object_is_type(val, json_type_string) ||
-                            b64_decode_exact(json_object_get_string(val), t.tag, sizeof(t.tag)) < 0)
+                            cmek_base64_decode_exact(json_object_get_string(val), t.tag, sizeof(t.tag)) < 0)
                                 FAIL("\"tag\" is not base64 of 16 bytes");
                         seen |= F_TAG;
                 } else if (streq(key, "created")) {

@@ -10,6 +10,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "cmekctl.h"
 
@@ -393,10 +394,9 @@ static int verb_key_import(int argc, char *argv[]) {
         }
         if (read_small_file(a.wrapped_file, 8192, &blob, &size) < 0)
                 return CTL_EXIT_FAILURE;
-        b64 = malloc(4 * ((size + 2) / 3) + 1);
+        b64 = cmek_base64_encode(blob, size);
         if (!b64)
                 return CTL_EXIT_FAILURE;
-        EVP_EncodeBlock((unsigned char *) b64, (unsigned char *) blob, (int) size);
         p = json_object_new_object();
         json_object_object_add(p, "name", json_object_new_string(argv[k]));
         json_object_object_add(p, "compartment", json_object_new_string(a.compartment));

@@ -6,8 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "cmekctl.h"
 
@@ -90,11 +90,9 @@ static int read_secret(FILE *f, bool strip_newline, void **ret, size_t *ret_size
 }
 
 static int add_secret(json_object *p, const char *field, const void *secret, size_t n) {
-        size_t len = 4 * ((n + 2) / 3) + 1;
-        char *b = cmek_secure_alloc(len);
+        char *b = cmek_base64_encode_secure(secret, n);
         if (!b)
                 return -ENOMEM;
-        EVP_EncodeBlock((unsigned char *) b, secret, (int) n);
         json_object_object_add(p, field, json_object_new_string(b));
         cmek_secure_free(b);
         return 0;

@@ -13,25 +13,6 @@ const char *arg_socket = NULL;
 
 static const Verb *const verb_tables[] = { service_verbs, CTL_EXTRA_VERB_TABLES NULL };
 
-int ctl_exit_code_for_error(const char *e) {
-        static const struct { const char *error; int code; } map[] = {
-                { CMEK_ERROR_PERMISSION_DENIED, CTL_EXIT_PERMISSION },
-                { CMEK_ERROR_KEY_NOT_FOUND, CTL_EXIT_NOT_FOUND },
-                { CMEK_ERROR_VAULT_NOT_FOUND, CTL_EXIT_NOT_FOUND },
-                { CMEK_ERROR_VOLUME_NOT_FOUND, CTL_EXIT_NOT_FOUND },
-                { CMEK_ERROR_KEY_DISABLED, CTL_EXIT_KEY_UNUSABLE },
-                { CMEK_ERROR_KEY_PENDING_DELETION, CTL_EXIT_KEY_UNUSABLE },
-                { CMEK_ERROR_KEY_DELETED, CTL_EXIT_KEY_UNUSABLE },
-                { CMEK_ERROR_INVALID_TRANSITION, CTL_EXIT_INVALID_STATE },
-                { CMEK_ERROR_UNWRAP_FAILED, CTL_EXIT_VERIFY_FAILED },
-                { VARLINK_ERROR_INVALID_PARAMETER, CTL_EXIT_USAGE },
-        };
-        for (size_t i = 0; i < ARRAY_SIZE(map); i++)
-                if (streq(e, map[i].error))
-                        return map[i].code;
-        return CTL_EXIT_FAILURE;
-}
-
 void ctl_print_json(json_object *o) {
         printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 }
@@ -91,7 +72,7 @@ int ctl_call(const char *method, json_object *params, json_object **ret_reply) {
         if (error) {
                 print_error(method, error, reply);
                 json_object_put(reply);
-                return ctl_exit_code_for_error(error);
+                return cmek_error_from_name(error)->exit_code;
         }
         if (ret_reply)
                 *ret_reply = reply;
@@ -130,7 +111,7 @@ int ctl_call_more(const char *method, json_object *params,
                 if (error) {
                         print_error(method, error, reply);
                         json_object_put(reply);
-                        return ctl_exit_code_for_error(error);
+                        return cmek_error_from_name(error)->exit_code;
                 }
                 r = on_reply(reply, userdata);
                 json_object_put(reply);

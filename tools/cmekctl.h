@@ -5,21 +5,11 @@
 #include <stdbool.h>
 #include <json-c/json.h>
 
+#include "cmek-errors.h"
 #include "cmek-log.h"
 #include "cmek-varlink.h"
 
-/* Exit codes: a stable interface, documented in cmekctl(8). */
-enum {
-        CTL_EXIT_OK = 0,
-        CTL_EXIT_FAILURE = 1,          /* anything else */
-        CTL_EXIT_USAGE = 2,            /* bad command line */
-        CTL_EXIT_NO_DAEMON = 3,        /* cmekd not reachable */
-        CTL_EXIT_PERMISSION = 4,       /* io.cmek.PermissionDenied */
-        CTL_EXIT_NOT_FOUND = 5,        /* key, vault or volume unknown */
-        CTL_EXIT_KEY_UNUSABLE = 6,     /* key disabled, pending deletion or deleted */
-        CTL_EXIT_INVALID_STATE = 7,    /* transition refused by the key state machine */
-        CTL_EXIT_VERIFY_FAILED = 8,    /* audit chain broken, unwrap check failed */
-};
+/* Exit codes (CTL_EXIT_*): lib/cmek-errors.h, with the error table that maps errors to them. */
 
 typedef struct Verb {
         const char *group;      /* "key", "volume", ...; NULL for top-level verbs like "status" */
@@ -40,7 +30,6 @@ int ctl_call(const char *method, json_object *params, json_object **ret_reply);
  * stream ends. */
 int ctl_call_more(const char *method, json_object *params,
                   int (*on_reply)(json_object *reply, void *userdata), void *userdata);
-int ctl_exit_code_for_error(const char *error);
 /* Prints JSON (pretty) on stdout. */
 void ctl_print_json(json_object *o);
 

@@ -6,8 +6,9 @@
 #include <string.h>
 #include <libcryptsetup.h>
 #include <json-c/json.h>
-#include <openssl/evp.h>
 
+#include "cmek-base64.h"
+#include "cmek-errors.h"
 #include "cmek-protocol.h"
 #include "cmek-secmem.h"
 #include "cmek-token.h"
@@ -28,43 +29,24 @@ _public_ int cryptsetup_token_validate(struct crypt_device *cd, const char *json
 _public_ void cryptsetup_token_dump(struct crypt_device *cd, const char *json);
 _public_ const char *cryptsetup_token_version(void);
 
-/* Maps a cmekd error to what libcryptsetup expects. -EAGAIN: the key source is absent for now
- * (the broker is not running); -EPERM: this token cannot open the volume (key disabled,
- * deleted, access denied, wrong volume). Both let libcryptsetup try the next token and the
- * cryptsetup CLI fall back to a passphrase prompt (unless --token-only). */
-static int error_to_errno(const char *error) {
-        if (streq(error, CMEK_ERROR_VAULT_UNAVAILABLE) || streq(error, CMEK_ERROR_BUSY))
-                return -EAGAIN;
-        return -EPERM;
-}
-
 static int decode_secret(json_object *reply, char **ret, size_t *ret_size) {
-        json_object *v;
-        const char *s;
-        size_t len;
-        unsigned char *buf;
-        int n;
+        json_object *v = NULL;
+        void *buf;
+        size_t n;
+        int r;
 
-        if (!json_object_object_get_ex(reply, "secret", &v) || !json_object_is_type(v, json_type_string))
+        if (!json_object_object_get_ex(reply, "secret", &v))
                 return -EBADMSG;
-        s = json_object_get_string(v);
-        len = strlen(s);
-        if (len != 4 * ((CMEK_DEK_SIZE + 2) / 3)) {
-                cmek_json_wipe_string(v);
+        r = cmek_base64_decode_secret(v, CMEK_DEK_SIZE, &buf, &n);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
                 return -EBADMSG;
-        }
-        buf = cmek_secure_alloc(len / 4 * 3);
-        if (!buf) {
-                cmek_json_wipe_string(v);
-                return -ENOMEM;
-        }
-        n = EVP_DecodeBlock(buf, (const unsigned char *) s, (int) len);
-        cmek_json_wipe_string(v);
-        if (n != (int) (len / 4 * 3)) {
+        if (n != CMEK_DEK_SIZE) {
                 cmek_secure_free(buf);
                 return -EBADMSG;
         }
-        *ret = (char *) buf;
+        *ret = buf;
         *ret_size = CMEK_DEK_SIZE;
         return 0;
 }
@@ -145,7 +127,7 @@ _public_ int cryptsetup_token_open(struct crypt_device *cd, int token, char **bu
                 else
                         crypt_logf(cd, CRYPT_LOG_ERROR, "cmek: cmekd refused to unwrap (key %s): %s%s%s",
                                    t.key_id, error, msg ? ": " : "", msg ?: "");
-                r = error_to_errno(error);
+                r = cmek_error_from_name(error)->plugin_errno; /* lib/cmek-errors.c */
                 goto out;
         }
         r = decode_secret(reply, buffer, buffer_len);
