@@ -13,6 +13,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "policy.h"
+#include "volume.h"
 
 #define DEFAULT_STATE_DIR LOCALSTATEDIR "/lib/cmekd"
 #define DEFAULT_CONFIG SYSCONFDIR "/cmekd/cmekd.conf"
@@ -192,9 +193,48 @@ static int check_config(Manager *m) {
         return 0;
 }
 
+/* SIGHUP: cmekd.conf again, through the same parser. On any error nothing changes: the errors
+ * are logged with their lines, the attempt audited, and the configuration in use kept. Otherwise
+ * the run-time settings are applied ([enforcement], [events], [limits], [metrics]); a changed
+ * vault is logged as needing a restart and keeps running as it was. */
+static int manager_reload_config(Manager *m) {
+        _cleanup_config_ Config *c = NULL;
+        _cleanup_free_ char *detail = NULL;
+        unsigned n_errors = 0, n_restart;
+        int r;
+
+        r = config_load(m->config_path, false, &c, &n_errors);
+        if (r < 0) {
+                if (asprintf(&detail, "%s: %u error%s, see the daemon log", strempty(m->config_path), n_errors,
+                             n_errors == 1 ? "" : "s") < 0)
+                        detail = NULL;
+                log_error("Configuration reload failed, keeping the configuration in use: %s",
+                          detail ?: "cannot read the file");
+                (void) manager_audit(m, NULL, &(AuditRecord) {
+                        .event = "config.reloaded", .operation = "SIGHUP", .result = "io.cmek.InvalidConfig",
+                        .detail = detail });
+                return r;
+        }
+        n_restart = config_log_changes(m->config, c);
+        config_keep_restart_settings(c, m->config);
+        config_free(m->config);
+        m->config = TAKE_PTR(c);
+        server_apply_limits(m);
+        volumes_apply_config(m);
+        /* [events] and [metrics] are read where they are used */
+        if (asprintf(&detail, "%s%s%u setting%s need%s a restart", strempty(m->config_path), m->config_path ? ": " : "",
+                     n_restart, n_restart == 1 ? "" : "s", n_restart == 1 ? "s" : "") < 0)
+                detail = NULL;
+        log_info("Configuration reloaded (%s).", strempty(detail));
+        (void) manager_audit(m, NULL, &(AuditRecord) {
+                .event = "config.reloaded", .operation = "SIGHUP", .result = "ok", .detail = detail });
+        return 0;
+}
+
 static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
         Manager *m = userdata;
         (void) sd_notify(0, "RELOADING=1");
+        (void) manager_reload_config(m);
         (void) manager_load_policy(m, true);
         (void) sd_notify(0, "READY=1");
         return 0;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* cmekd.conf: one table-driven parser (after systemd's ConfigTableItem), read into a Config. */
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <grp.h>
@@ -558,4 +559,27 @@ unsigned config_log_changes(const Config *old, const Config *new) {
                         n_restart++;
                 }
         return n_restart;
+}
+
+void config_keep_restart_settings(Config *new, Config *old) {
+        ConfigVault **v = new->vaults;
+        size_t n = new->n_vaults;
+
+        /* every [vault NAME] setting needs a restart: the vaults in use stay described as they are */
+        new->vaults = old->vaults;
+        new->n_vaults = old->n_vaults;
+        old->vaults = v;
+        old->n_vaults = n;
+        for (size_t i = 0; i < ARRAY_SIZE(config_table); i++) {
+                const ConfigTableItem *item = &config_table[i];
+                size_t size = item->parse == config_parse_unsigned ? sizeof(unsigned) :
+                              item->parse == config_parse_on_disable ? sizeof(int) :
+                              item->parse == config_parse_size || item->parse == config_parse_seconds ? sizeof(uint64_t) : 0;
+
+                /* a restart-only setting outside the vaults must be a plain number (or be added here) */
+                if (!item->restart || streq(item->section, VAULT_SECTION))
+                        continue;
+                assert(size > 0);
+                memcpy((char *) new + item->offset, (const char *) old + item->offset, size);
+        }
 }

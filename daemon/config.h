@@ -65,3 +65,6 @@ const ConfigVault *config_find_vault(const Config *c, const char *name);
 /* Logs every setting that differs between old and new, as "applied" or as "needs a restart";
  * returns how many need a restart (they keep their old value until then). */
 unsigned config_log_changes(const Config *old, const Config *new);
+/* Before new replaces old on a reload: the settings that need a restart (the vaults) go back to
+ * the values in use, so that new describes what runs. */
+void config_keep_restart_settings(Config *new, Config *old);

@@ -13,6 +13,8 @@ extern const Interface interface_errors;          /* io.cmek: the shared errors,
 int server_listen(Manager *m, int fd);
 int server_bind(Manager *m, const char *path);
 void server_done(Manager *m);
+/* [limits] of m->config: at start and after a configuration reload */
+void server_apply_limits(Manager *m);
 int send_json_error(Connection *c, const char *error, const char *message);
 const Interface *const *manager_interfaces(size_t *ret_n);
 /* The IDL text GetInterfaceDescription returns (test-only methods with --test-hooks only); free() it. */

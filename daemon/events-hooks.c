@@ -18,9 +18,9 @@
 #include <sys/wait.h>
 
 #include "cmek-varlink.h"
+#include "config.h"
 #include "daemon.h"
 
-#define HOOK_TIMEOUT_DEFAULT_USEC (10ULL * 1000000ULL)
 #define HOOKS_MAX_RUNNING 32U
 #define HOOKS_MAX_QUEUED 4096U
 
@@ -48,41 +48,6 @@ static HookRun *queue_head, *queue_tail;
 static uint64_t n_dropped;
 static sd_event_source *drop_report;
 static Hook *running;
-static uint64_t hook_timeout_usec;
-
-/* "[events] hook-timeout = SECONDS" in cmekd.conf (1 to 3600; default 10), read once. */
-static uint64_t hook_timeout(Manager *m) {
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        bool in = false;
-
-        if (hook_timeout_usec > 0)
-                return hook_timeout_usec;
-        hook_timeout_usec = HOOK_TIMEOUT_DEFAULT_USEC;
-        f = m->config_path ? fopen(m->config_path, "re") : NULL;
-        while (f && getline(&line, &alloc, f) >= 0) {
-                char key[64], value[64];
-                line[strcspn(line, "\n")] = 0;
-                if (sscanf(line, " [%63[^]]]", key) == 1) {
-                        in = streq(key, "events");
-                        continue;
-                }
-                if (!in || sscanf(line, " %63[^=# \t] = %63s", key, value) != 2)
-                        continue;
-                if (streq(key, "hook-timeout")) {
-                        char *end;
-                        double sec = strtod(value, &end);
-                        if (*end || !(sec >= 1 && sec <= 3600))
-                                log_warning("%s: [events] hook-timeout is seconds between 1 and 3600, not '%s', ignoring.",
-                                            m->config_path, value);
-                        else
-                                hook_timeout_usec = (uint64_t) (sec * 1e6);
-                } else
-                        log_warning("%s: unknown setting '%s' in [events], ignoring.", m->config_path, key);
-        }
-        return hook_timeout_usec;
-}
 static sd_event_source *drain_source;
 
 static void spawn_one(Manager *m, const char *path, const char *json);
@@ -265,8 +230,8 @@ static int on_hook_exit(sd_event_source *s, const siginfo_t *si, void *userdata)
 
 static int on_hook_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         Hook *h = userdata;
-        log_warning("Hook %s did not finish within %llu s, killing it.", h->path,
-                    (unsigned long long) (hook_timeout_usec / 1000000ULL));
+        log_warning("Hook %s did not finish within %.1f s ([events] hook-timeout=), killing it.", h->path,
+                    h->manager->config->hook_timeout_usec / 1e6);
         (void) kill(h->pid, SIGKILL);
         return 0;
 }
@@ -482,7 +447,7 @@ static void spawn_one(Manager *m, const char *path, const char *json) {
         running = h;
         n_running++;
         if (sd_event_add_child(m->event, &h->child, pid, WEXITED, on_hook_exit, h) < 0 ||
-            sd_event_add_time_relative(m->event, &h->timeout, CLOCK_MONOTONIC, hook_timeout(m), 0,
+            sd_event_add_time_relative(m->event, &h->timeout, CLOCK_MONOTONIC, m->config->hook_timeout_usec, 0,
                                        on_hook_timeout, h) < 0) {
                 (void) kill(pid, SIGKILL);
                 (void) waitpid(pid, NULL, 0);

@@ -1389,7 +1389,7 @@ int keys_init(Manager *m) {
         if (!ks)
                 return -ENOMEM;
         m->keys = ks;
-        r = vault_set_load(m->state_dir, m->config_path, SOFTHSM_MODULE, &ks->vaults);
+        r = vault_set_load(m->state_dir, m->config, SOFTHSM_MODULE, &ks->vaults);
         if (r < 0)
                 return log_error_errno(r, "Failed to load the vaults: %m");
         m->vaults = ks->vaults;

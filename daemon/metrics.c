@@ -2,10 +2,10 @@
 /* The seeds' metrics: per volume EncryptionKeyStatus and EncryptionKeyType, per key its state
  * and version count, use counters. Served as io.cmek.Metrics.Get and written atomically as a
  * Prometheus text file for node_exporter's textfile collector. */
-#include <grp.h>
 #include <stdio.h>
 
 #include "cmek-varlink.h"
+#include "config.h"
 #include "daemon.h"
 #include "key.h"
 #include "vault.h"
@@ -15,45 +15,6 @@
 
 static sd_event_source *metrics_timer;
 static uint64_t last_written_uses = UINT64_MAX;
-/* The file names paths, key ids, names and compartments, which the API reserves to read audit:
- * it is 0640, owned by root and by this group ("[metrics] group = NAME", e.g. node_exporter's). */
-static gid_t metrics_gid;
-
-/* "[metrics] group = NAME|GID" in cmekd.conf, read at start; default: root's group. */
-static void metrics_read_config(Manager *m) {
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        bool in = false;
-
-        metrics_gid = 0;
-        f = m->config_path ? fopen(m->config_path, "re") : NULL;
-        while (f && getline(&line, &alloc, f) >= 0) {
-                char key[64], value[256];
-                line[strcspn(line, "\n")] = 0;
-                if (sscanf(line, " [%63[^]]]", key) == 1) {
-                        in = streq(key, "metrics");
-                        continue;
-                }
-                if (!in || sscanf(line, " %63[^=#; \t] = %255s", key, value) != 2)
-                        continue;
-                if (streq(key, "group")) {
-                        struct group *g = getgrnam(value);
-                        char *end;
-                        unsigned long n = strtoul(value, &end, 10);
-                        if (g)
-                                metrics_gid = g->gr_gid;
-                        else if (*value && !*end && n < (gid_t) -1)
-                                metrics_gid = (gid_t) n;
-                        else
-                                log_warning("%s: [metrics] group '%s' does not exist; the metrics file stays "
-                                            "readable by root only. Create the group or fix the name.",
-                                            m->config_path, value);
-                } else
-                        log_warning("%s: unknown setting '%s' in [metrics], ignoring.", m->config_path, key);
-        }
-}
-
 /* state of every key once per snapshot: volumes share keys */
 static json_object *keys_snapshot(Manager *m) {
         json_object *keys = json_object_new_object();
@@ -232,9 +193,11 @@ void metrics_update(Manager *m) {
         snap = metrics_snapshot(m);
         r = metrics_format_prometheus(snap, &text, &size);
         json_object_put(snap);
+        /* The file names paths, key ids, names and compartments, which the API reserves to read
+         * audit: it is 0640, owned by root and by [metrics] group= (e.g. node_exporter's). */
         if (r >= 0)
                 r = cmek_write_file_atomic_full(m->metrics_file, text, size, 0640, (uid_t) -1,
-                                                metrics_gid != 0 ? metrics_gid : (gid_t) -1);
+                                                m->config->metrics_gid != 0 ? m->config->metrics_gid : (gid_t) -1);
         if (r < 0)
                 log_warning_errno(r, "Failed to write the metrics file %s, ignoring: %m", m->metrics_file);
         last_written_uses = m->counters.wrap + m->counters.unwrap;
@@ -253,7 +216,6 @@ static int on_metrics_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 int metrics_init(Manager *m) {
         if (!m->metrics_file)
                 return 0;
-        metrics_read_config(m);
         metrics_update(m);
         return sd_event_add_time_relative(m->event, &metrics_timer, CLOCK_MONOTONIC, METRICS_INTERVAL_USEC,
                                           1000000, on_metrics_timer, m);

@@ -14,6 +14,7 @@
 #include "cmek-base64.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
+#include "config.h"
 #include "daemon.h"
 #include "policy.h"
 
@@ -26,7 +27,8 @@
  * us an audit record; a flood of them is slowed down far more than legitimate use. */
 #define DENIED_REQUEST_COST 20U
 
-/* "[limits]" in cmekd.conf(5). uid 0 is exempt from the per-uid limits and has slots of its own. */
+/* "[limits]" in cmekd.conf(5), as server_apply_limits() adjusted them. uid 0 is exempt from the
+ * per-uid limits and has slots of its own. */
 static struct {
         unsigned connections_max;          /* connections-max */
         unsigned connections_root;         /* connections-reserved-for-root */
@@ -36,16 +38,7 @@ static struct {
         unsigned rate;                     /* requests-per-second (per uid; burst: two seconds' worth) */
         unsigned rate_without_grant;       /* requests-per-second-without-grant */
         uint64_t idle_usec;                /* idle-timeout: no complete request for this long */
-} limits = {
-        .connections_max = 4096,
-        .connections_root = 128,
-        .connections_per_uid = 128,
-        .output_per_uid = 4U * 1024U * 1024U,
-        .output_without_grant = 64U * 1024U,
-        .rate = 500,
-        .rate_without_grant = 50,
-        .idle_usec = 60ULL * 1000000ULL,
-};
+} limits;
 
 /* What one uid holds right now; freed with its last connection. */
 typedef struct UidUsage {
@@ -1147,91 +1140,20 @@ static int on_audit_post(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-/* "SIZE" in bytes, with an optional K, M or G suffix (powers of 1024) */
-static int parse_size(const char *v, uint64_t *ret) {
-        char *end;
-        unsigned long long n;
-
-        errno = 0;
-        n = strtoull(v, &end, 10);
-        if (errno || end == v || *v == '-')
-                return -EINVAL;
-        switch (*end) {
-        case 'K': n <<= 10; end++; break;
-        case 'M': n <<= 20; end++; break;
-        case 'G': n <<= 30; end++; break;
-        default: break;
-        }
-        if (*end)
-                return -EINVAL;
-        *ret = n;
-        return 0;
-}
-
-/* The [limits] section of cmekd.conf; other sections belong to other modules. */
-static void server_parse_limits(Manager *m) {
-        static const struct {
-                const char *key;
-                uint64_t min, max;
-        } keys[] = {
-                { "connections-max", 16, 65536 },
-                { "connections-reserved-for-root", 1, 4096 },
-                { "connections-per-uid", 1, 65536 },
-                { "output-per-uid", 4096, 1ULL << 30 },
-                { "output-without-grant", 1024, 1ULL << 30 },
-                { "requests-per-second", 0, 1000000 },
-                { "requests-per-second-without-grant", 0, 1000000 },
-                { "idle-timeout", 1, 3600 },
-        };
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        unsigned lineno = 0;
-        bool in = false;
-
-        f = m->config_path ? fopen(m->config_path, "re") : NULL;
-        while (f && getline(&line, &alloc, f) >= 0) {
-                char key[64], value[64];
-                uint64_t v;
-                size_t i;
-
-                lineno++;
-                line[strcspn(line, "\n")] = 0;
-                if (sscanf(line, " [%63[^]]]", key) == 1) {
-                        in = streq(key, "limits");
-                        continue;
-                }
-                if (!in || sscanf(line, " %63[^=# \t] = %63s", key, value) != 2)
-                        continue;
-                for (i = 0; i < ARRAY_SIZE(keys); i++)
-                        if (streq(key, keys[i].key))
-                                break;
-                if (i == ARRAY_SIZE(keys)) {
-                        log_warning("%s:%u: unknown setting '%s' in [limits], ignoring.", m->config_path, lineno, key);
-                        continue;
-                }
-                if (parse_size(value, &v) < 0 || v < keys[i].min || v > keys[i].max) {
-                        log_warning("%s:%u: [limits] %s is a number between %" PRIu64 " and %" PRIu64 ", not '%s', ignoring.",
-                                    m->config_path, lineno, key, keys[i].min, keys[i].max, value);
-                        continue;
-                }
-                switch (i) {
-                case 0: limits.connections_max = (unsigned) v; break;
-                case 1: limits.connections_root = (unsigned) v; break;
-                case 2: limits.connections_per_uid = (unsigned) v; break;
-                case 3: limits.output_per_uid = (size_t) v; break;
-                case 4: limits.output_without_grant = (size_t) v; break;
-                case 5: limits.rate = (unsigned) v; break;
-                case 6: limits.rate_without_grant = (unsigned) v; break;
-                case 7: limits.idle_usec = v * 1000000ULL; break;
-                }
-        }
-}
-
-static void server_init_limits(Manager *m) {
+/* [limits] of the configuration, at start and on reload (a lowered limit takes no connection
+ * away: it holds for the next ones). */
+void server_apply_limits(Manager *m) {
+        const ConfigLimits *l = &m->config->limits;
         struct rlimit rl;
 
-        server_parse_limits(m);
+        limits.connections_max = l->connections_max;
+        limits.connections_root = l->connections_root;
+        limits.connections_per_uid = l->connections_per_uid;
+        limits.output_per_uid = (size_t) l->output_per_uid;
+        limits.output_without_grant = (size_t) l->output_without_grant;
+        limits.rate = l->rate;
+        limits.rate_without_grant = l->rate_without_grant;
+        limits.idle_usec = l->idle_usec;
         /* never run out of descriptors before the limit: that would lock root out too */
         if (getrlimit(RLIMIT_NOFILE, &rl) >= 0 && rl.rlim_cur != RLIM_INFINITY &&
             (uint64_t) limits.connections_max + 64 > rl.rlim_cur) {
@@ -1254,7 +1176,7 @@ int server_listen(Manager *m, int fd) {
         int r;
 
         if (!audit_post_source) {
-                server_init_limits(m);
+                server_apply_limits(m);
                 r = sd_event_add_defer(m->event, &resume_defer, on_resume_defer, m);
                 if (r < 0)
                         return r;

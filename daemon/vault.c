@@ -586,39 +586,17 @@ static int vault_parse_uri(Vault *v) {
         return 0;
 }
 
-static char *strstrip(char *s) {
-        while (isspace((unsigned char) *s))
-                s++;
-        size_t n = strlen(s);
-        while (n > 0 && isspace((unsigned char) s[n - 1]))
-                s[--n] = 0;
-        return s;
-}
-
-/* "compartments = A B C" (spaces or commas): keys of other compartments are refused in this
- * vault. Names as compartments are (1-48 of letters, digits, '-', '_'); a bad one is ignored
- * with a warning; an empty list leaves the vault unrestricted. */
-static int vault_parse_compartments(Vault *v, const char *value, const char *path, unsigned lineno) {
-        _cleanup_free_ char *copy = strdup(value);
-        char *save = NULL;
-
-        if (!copy)
+/* "compartments = A B C" of the vault's section, as config.c checked them: keys of other
+ * compartments are refused in this vault; none leaves the vault unrestricted. */
+static int vault_set_compartments(Vault *v, const ConfigVault *cv) {
+        if (cv->n_compartments == 0)
+                return 0;
+        v->compartments = calloc(cv->n_compartments, sizeof(char *));
+        if (!v->compartments)
                 return -ENOMEM;
-        for (char *w = strtok_r(copy, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
-                size_t len = strlen(w);
-                bool ok = len >= 1 && len <= 48;
-                for (size_t i = 0; ok && i < len; i++)
-                        ok = isalnum((unsigned char) w[i]) || w[i] == '-' || w[i] == '_';
-                if (!ok) {
-                        log_warning("%s:%u: '%s' is not a compartment name, ignoring it in [vault %s] compartments.",
-                                    path, lineno, w, v->name);
-                        continue;
-                }
-                char **a = reallocarray(v->compartments, v->n_compartments + 1, sizeof(char *));
-                if (!a)
-                        return -ENOMEM;
-                v->compartments = a;
-                if (!(a[v->n_compartments] = strdup(w)))
+        for (size_t i = 0; i < cv->n_compartments; i++) {
+                v->compartments[i] = strdup(cv->compartments[i]);
+                if (!v->compartments[i])
                         return -ENOMEM;
                 v->n_compartments++;
         }
@@ -652,95 +630,43 @@ char *vault_compartments_string(const Vault *v) {
         return s;
 }
 
-static int vault_set_parse_config(VaultSet *set, const char *path) {
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        Vault *cur = NULL;
-        unsigned lineno = 0;
-        bool embedded_section = false;
+static int strdup_or_null(char **dst, const char *src) {
+        if (!src)
+                return 0;
+        *dst = strdup(src);
+        return *dst ? 0 : -ENOMEM;
+}
+
+/* The "[vault NAME]" sections, in file order; "[vault default]" only restricts the embedded
+ * vault's compartments (config.c refuses anything else there). */
+static int vault_set_add_configured(VaultSet *set, const Config *config) {
         int r;
 
-        f = fopen(path, "re");
-        if (!f) {
-                if (errno == ENOENT)
-                        return 0;
-                return log_warning_errno(errno, "Cannot read '%s', ignoring: %m", path);
-        }
+        for (size_t i = 0; config && i < config->n_vaults; i++) {
+                const ConfigVault *cv = config->vaults[i];
+                Vault *v = vault_set_find(set, cv->name);
 
-        while (getline(&line, &alloc, f) >= 0) {
-                char *l = strstrip(line), *eq, *key, *value;
-                lineno++;
-
-                if (*l == 0 || *l == '#' || *l == ';')
-                        continue;
-                if (*l == '[') {
-                        char *end = strchr(l, ']');
-                        cur = NULL;
-                        if (!end) {
-                                log_warning("%s:%u: missing ']', ignoring line.", path, lineno);
-                                continue;
-                        }
-                        *end = 0;
-                        l = strstrip(l + 1);
-                        if (strncmp(l, "vault", 5) != 0 || !isspace((unsigned char) l[5]))
-                                continue;       /* another module's section */
-                        const char *name = strstrip(l + 5);
-                        /* [vault default] may restrict the embedded vault's compartments */
-                        if (streq(name, VAULT_DEFAULT_NAME) && (cur = vault_set_find(set, name)) && cur->embedded &&
-                            !cur->compartments) {
-                                embedded_section = true;
-                                continue;
-                        }
-                        cur = NULL;
-                        embedded_section = false;
-                        if (*name == 0 || vault_set_find(set, name)) {
-                                log_warning("%s:%u: vault name '%s' empty or already used, ignoring section.",
-                                            path, lineno, name);
-                                continue;
-                        }
-                        cur = vault_new(name);
-                        if (!cur)
-                                return -ENOMEM;
-                        r = vault_set_add(set, cur);
-                        if (r < 0) {
-                                vault_free(cur);
-                                return r;
-                        }
-                        continue;
-                }
-                if (!cur)
-                        continue;
-                eq = strchr(l, '=');
-                if (!eq) {
-                        log_warning("%s:%u: expected KEY = VALUE, ignoring line.", path, lineno);
-                        continue;
-                }
-                *eq = 0;
-                key = strstrip(l);
-                value = strstrip(eq + 1);
-                if (streq(key, "compartments")) {
-                        r = vault_parse_compartments(cur, value, path, lineno);
+                if (v && v->embedded) {
+                        r = vault_set_compartments(v, cv);
                         if (r < 0)
                                 return r;
                         continue;
                 }
-                if (embedded_section) {
-                        log_warning("%s:%u: [vault %s] is the embedded vault: only 'compartments' can be set, ignoring '%s'.",
-                                    path, lineno, cur->name, key);
-                        continue;
+                if (v)
+                        continue;       /* config.c refuses a name used twice */
+                v = vault_new(cv->name);
+                if (!v)
+                        return -ENOMEM;
+                r = vault_set_add(set, v);
+                if (r < 0) {
+                        vault_free(v);
+                        return r;
                 }
-                char **field = streq(key, "module") ? &cur->module_path :
-                               streq(key, "token") ? &cur->uri_string :
-                               streq(key, "pin-file") ? &cur->pin_file :
-                               streq(key, "pin-credential") ? &cur->pin_credential : NULL;
-                if (!field) {
-                        log_warning("%s:%u: unknown setting '%s' in [vault %s], ignoring.", path, lineno, key, cur->name);
-                        continue;
-                }
-                free(*field);
-                *field = strdup(value);
-                if (!*field)
+                if (strdup_or_null(&v->module_path, cv->module) < 0 ||
+                    strdup_or_null(&v->uri_string, cv->token) < 0 ||
+                    strdup_or_null(&v->pin_file, cv->pin_file) < 0 ||
+                    strdup_or_null(&v->pin_credential, cv->pin_credential) < 0 ||
+                    vault_set_compartments(v, cv) < 0)
                         return -ENOMEM;
         }
         return 0;
@@ -781,7 +707,7 @@ static int vault_setup_embedded(Vault *v, const char *state_dir, const char *sof
         return 0;
 }
 
-int vault_set_load(const char *state_dir, const char *config_path, const char *softhsm_module, VaultSet **ret) {
+int vault_set_load(const char *state_dir, const Config *config, const char *softhsm_module, VaultSet **ret) {
         VaultSet *s;
         Vault *v;
         int r;
@@ -798,11 +724,9 @@ int vault_set_load(const char *state_dir, const char *config_path, const char *s
         r = vault_setup_embedded(v, state_dir, softhsm_module);
         if (r < 0)
                 goto fail;
-        if (config_path) {
-                r = vault_set_parse_config(s, config_path);
-                if (r < 0)
-                        goto fail;
-        }
+        r = vault_set_add_configured(s, config);
+        if (r < 0)
+                goto fail;
 
         for (size_t i = 0; i < s->n; i++) {
                 v = s->vaults[i];

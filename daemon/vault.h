@@ -9,6 +9,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "cmek-util.h"
+#include "config.h"
 
 typedef struct Vault Vault;
 typedef struct VaultSet VaultSet;
@@ -20,9 +21,9 @@ typedef struct VaultSet VaultSet;
 #define VAULT_WRAPPING_KEY_BITS 4096
 
 /* Loads the embedded default vault (a SoftHSM2 token under state_dir, initialised on first
- * start) and every "[vault NAME]" section of config_path (may be NULL or missing). A vault
+ * start) and the vault of every "[vault NAME]" section of config (may be NULL: none). A vault
  * that fails is kept, marked unavailable with the reason; only out-of-memory fails this. */
-int vault_set_load(const char *state_dir, const char *config_path, const char *softhsm_module, VaultSet **ret);
+int vault_set_load(const char *state_dir, const Config *config, const char *softhsm_module, VaultSet **ret);
 VaultSet *vault_set_free(VaultSet *s);
 static inline void vault_set_freep(VaultSet **s) { vault_set_free(*s); }
 

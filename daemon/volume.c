@@ -39,6 +39,7 @@
 #include "cmek-log.h"
 #include "cmek-secmem.h"
 #include "cmek-varlink.h"
+#include "config.h"
 #include "key.h"
 #include "volume.h"
 
@@ -2834,49 +2835,22 @@ void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version) {
         manager_event(m, "rewrap.completed", d);
 }
 
-/* The [enforcement] section of cmekd.conf; other sections belong to other modules. */
-static int enforcement_parse_config(Manager *m) {
+/* [enforcement] of m->config (NULL: the defaults), at start and after a reload: a new interval
+ * starts with the next tick, a new on-disable with the next key turned off. */
+void volumes_apply_config(Manager *m) {
         VolumeRegistry *reg = m->volumes;
-        _cleanup_fclose_ FILE *f = NULL;
-        _cleanup_free_ char *line = NULL;
-        size_t alloc = 0;
-        unsigned lineno = 0;
-        bool in = false;
+        uint64_t usec = m->config ? m->config->watch_usec : WATCH_INTERVAL_DEFAULT_USEC;
 
-        if (!m->config_path)
-                return 0;
-        f = fopen(m->config_path, "re");
-        if (!f)
-                return errno == ENOENT ? 0 : log_warning_errno(errno, "Cannot read '%s', ignoring: %m", m->config_path);
-        while (getline(&line, &alloc, f) >= 0) {
-                char key[64], value[128];
-                lineno++;
-                line[strcspn(line, "\n")] = 0;
-                if (sscanf(line, " [%63[^]]]", key) == 1) {
-                        in = streq(key, "enforcement");
-                        continue;
-                }
-                if (!in || sscanf(line, " %63[^=# \t] = %127s", key, value) != 2)
-                        continue;
-                if (streq(key, "on-disable")) {
-                        OnDisable o = on_disable_from_string(value);
-                        if (o < 0)
-                                log_warning("%s:%u: on-disable is 'suspend' or 'close', not '%s', ignoring.",
-                                            m->config_path, lineno, value);
-                        else
-                                reg->on_disable = o;
-                } else if (streq(key, "watch-interval")) {
-                        char *end;
-                        double sec = strtod(value, &end);
-                        if (*end || !(sec >= 0.1 && sec <= 3600))
-                                log_warning("%s:%u: watch-interval is seconds between 0.1 and 3600, not '%s', ignoring.",
-                                            m->config_path, lineno, value);
-                        else
-                                reg->watch_usec = (uint64_t) (sec * 1e6);
-                } else
-                        log_warning("%s:%u: unknown setting '%s' in [enforcement], ignoring.", m->config_path, lineno, key);
+        if (!reg)
+                return;
+        reg->on_disable = m->config && m->config->on_disable == CONFIG_ON_DISABLE_CLOSE ? ON_DISABLE_CLOSE : ON_DISABLE_SUSPEND;
+        if (usec == reg->watch_usec)
+                return;
+        reg->watch_usec = usec;
+        if (reg->watch) {
+                (void) sd_event_source_set_time_relative(reg->watch, usec);
+                (void) sd_event_source_set_time_accuracy(reg->watch, usec / 20);
         }
-        return 0;
 }
 
 int volumes_init(Manager *m) {
@@ -2895,9 +2869,7 @@ int volumes_init(Manager *m) {
                 return -ENOMEM;
         }
         m->volumes = reg;
-        reg->on_disable = ON_DISABLE_SUSPEND;
-        reg->watch_usec = WATCH_INTERVAL_DEFAULT_USEC;
-        (void) enforcement_parse_config(m);
+        volumes_apply_config(m);
         r = registry_load(m);
         if (r < 0)
                 return r;

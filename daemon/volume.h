@@ -92,6 +92,8 @@ const char *rewrap_result_to_string(RewrapResult r);
 /* module hooks (daemon/modules.c) */
 int volumes_init(Manager *m);
 void volumes_done(Manager *m);
+/* [enforcement] of the configuration: at start and after a reload */
+void volumes_apply_config(Manager *m);
 void volumes_key_state_changed(Manager *m, const char *key_id, int old_state, int new_state);
 void volumes_key_rotated(Manager *m, const char *key_id, unsigned new_version);
 

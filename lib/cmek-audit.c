@@ -69,6 +69,7 @@ static const struct {
         { "rewrap.completed",       "016775e10217438ea91ab1e2ce703982", LOG_INFO,    SUBJECT_NONE,   "Rewrap completed" },
         { "policy.reloaded",        "164c49e6510f4acfbbac6a4235b497c4", LOG_NOTICE,  SUBJECT_NONE,   "Policy reloaded" },
         { "policy.denied",          "413ac0cf2f05416ebb9c2f9e5145fa1e", LOG_WARNING, SUBJECT_NONE,   "Access denied" },
+        { "config.reloaded",        "5b640ab24568444a8e68ea0184a1b4c5", LOG_NOTICE,  SUBJECT_NONE,   "Configuration reloaded" },
         { "daemon.started",         "ff2548a2503841e1879b0d608b6a21fa", LOG_INFO,    SUBJECT_NONE,   "cmekd started" },
         { "daemon.stopped",         "c6c6cb75e93a4551bce6e83594ad38e7", LOG_INFO,    SUBJECT_NONE,   "cmekd stopped" },
         { "audit.recovered",        "9f49ca18a28c4218b9d36f03d12c7d1f", LOG_WARNING, SUBJECT_NONE,   "Audit log recovered" },

@@ -131,9 +131,56 @@ assert_contains "$(cat "$TEST_TMP/start.log")" "not starting"
 [ ! -e "$TEST_TMP/state-bad" ] && [ ! -e "$TEST_TMP/bad.socket" ] || fail "cmekd created its state or socket before refusing"
 
 log "with the section spelled right, it starts and closes instead of suspending"
-start_cmekd "" --config "$C/valid.conf"
+RUN=$C/run.conf
+cp "$C/valid.conf" "$RUN"
+METRICS=$TEST_TMP/metrics.prom
+start_cmekd "" --config "$RUN" --metrics-file "$METRICS"
 grep -q "on-disable=close, watching the keys of bound volumes every 0.5 s" "$TEST_TMP/cmekd.log" ||
     fail "the [enforcement] settings were not applied"
 cmekctl status >/dev/null || fail "status"
+[ "$(stat -c %g "$METRICS")" = 0 ] || fail "the metrics file's group is not root's"
+
+# wait_log N TEXT: the daemon log has more than N lines and a line after line N says TEXT
+wait_log() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        tail -n +"$(($1 + 1))" "$TEST_TMP/cmekd.log" | grep -qF -- "$2" && return 0
+        sleep 0.1
+    done
+    tail -n +"$(($1 + 1))" "$TEST_TMP/cmekd.log" >&2
+    fail "the log does not say '$2' after SIGHUP"
+}
+
+log "SIGHUP with a broken configuration keeps the one in use, logs and audits why"
+n=$(wc -l <"$TEST_TMP/cmekd.log")
+bad=$(($(wc -l <"$RUN") + 2))
+cat "$C/misspelled.conf" >>"$RUN"
+kill -HUP "$CMEKD_PID"
+wait_log "$n" "keeping the configuration in use"
+tail -n +"$((n + 1))" "$TEST_TMP/cmekd.log" | grep -qF "$RUN:$bad: unknown section [enforcment]" ||
+    { tail -n +"$((n + 1))" "$TEST_TMP/cmekd.log" >&2; fail "the reload error does not name $RUN:$bad"; }
+kill -0 "$CMEKD_PID" || fail "cmekd died on a bad configuration"
+cmekctl status >/dev/null || fail "status after a failed reload"
+grep '"config.reloaded"' "$STATE/audit.log" | grep -q 'io.cmek.InvalidConfig' || fail "the failed reload is not audited"
+
+log "SIGHUP applies a run-time setting ([metrics] group) and says a new vault needs a restart"
+groupadd -f ckcfgmet
+on_exit "groupdel ckcfgmet >/dev/null 2>&1 || true"
+cp "$C/valid.conf" "$RUN"
+sed -i 's/^group = 0$/group = ckcfgmet/' "$RUN"
+printf '[vault later]\nmodule = /nonexistent/libpkcs11-later.so\ntoken = pkcs11:token=later\n' >>"$RUN"
+n=$(wc -l <"$TEST_TMP/cmekd.log")
+kill -HUP "$CMEKD_PID"
+wait_log "$n" "[metrics] group= changed: applied"
+wait_log "$n" "[vault later] added: needs a restart"
+cmekctl key create cfgk --compartment Test >/dev/null
+cmekctl key disable "$(key_id Test/cfgk)" >/dev/null      # an event: the metrics file is rewritten
+for ((i = 0; i < 50; i++)); do [ "$(stat -c %G "$METRICS")" = ckcfgmet ] && break; sleep 0.1; done
+[ "$(stat -c %G "$METRICS")" = ckcfgmet ] || fail "the new [metrics] group was not applied: $(stat -c %G "$METRICS")"
+assert_not_contains "$(cmekctl vault list)" "later"    # a vault needs a restart
+grep '"config.reloaded"' "$STATE/audit.log" | tail -1 | grep -q '"ok"' || fail "the reload is not audited"
+stop_cmekd || fail "cmekd did not stop cleanly"
+start_cmekd "$STATE" --config "$RUN" --metrics-file "$METRICS"
+assert_contains "$(cmekctl vault list)" "libpkcs11-later.so"
 stop_cmekd || fail "cmekd did not stop cleanly"
 log "ok"

@@ -534,7 +534,7 @@ static void test_message_ids(void **state) {
                 "key.deletion-scheduled", "key.deletion-cancelled", "key.deleted", "key.used",
                 "volume.bound", "volume.unbound", "volume.key-changed", "volume.unlocked", "volume.locked",
                 "volume.restored", "volume.unrecoverable", "rewrap.started", "rewrap.completed",
-                "policy.reloaded", "policy.denied", "daemon.started", "daemon.stopped", "audit.recovered",
+                "policy.reloaded", "policy.denied", "config.reloaded", "daemon.started", "daemon.stopped", "audit.recovered",
         };
         const char *generic = cmek_audit_message_id("no.such-event");
         (void) state;

@@ -16,6 +16,7 @@
 
 static char state_dir[] = "/tmp/test-vault-XXXXXX";
 static VaultSet *set;
+static Config *config;
 
 static int setup(void **state) {
         char conf[256];
@@ -31,10 +32,10 @@ static int setup(void **state) {
         snprintf(conf, sizeof(conf), "%s/cmekd.conf", state_dir);
         f = fopen(conf, "we");
         assert_non_null(f);
-        fprintf(f, "# test\n[vault broken]\nmodule = /nonexistent/libnothing.so\ntoken = pkcs11:token=x\n\n"
-                   "[volumes]\nsomething = else\n");
+        fprintf(f, "# test\n[vault broken]\nmodule = /nonexistent/libnothing.so\ntoken = pkcs11:token=x\n");
         fclose(f);
-        assert_int_equal(vault_set_load(state_dir, conf, SOFTHSM_MODULE, &set), 0);
+        assert_int_equal(config_load(conf, false, &config, NULL), 0);
+        assert_int_equal(vault_set_load(state_dir, config, SOFTHSM_MODULE, &set), 0);
         return 0;
 }
 
@@ -42,6 +43,7 @@ static int teardown(void **state) {
         char cmd[512];
 
         vault_set_free(set);
+        config = config_free(config);
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", state_dir);
         (void) !system(cmd);
         return 0;
