@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The io.cmek.Vault and io.cmek.Key Varlink interfaces. */
+/* The io.cmek.Vault and io.cmek.Key Varlink interfaces: their declarations and handlers. */
 #include <stdio.h>
 
 #include "cmek-base64.h"
@@ -74,8 +74,6 @@ static int load_authorized(Manager *m, Call *c, json_object *params, const char 
         Key *k;
         int r;
 
-        if (!id)
-                return reply_invalid(c, "key", "\"key\" (string: key id or name) is required"), -EINVAL;
         if (!manager_caller_has_any_grant(m, c)) {
                 /* no statement names him: he may inspect nothing, so the unknown-key answer, before
                  * any token access */
@@ -140,10 +138,6 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
         char msg[256];
         int r;
 
-        if (!name)
-                return reply_invalid(c, "name", "\"name\" (string) is required");
-        if (!comp)
-                return reply_invalid(c, "compartment", "\"compartment\" (string) is required");
         r = manager_authorize(m, c, "manage", "keys", comp, NULL, NULL);
         if (r < 0)
                 return r;
@@ -161,19 +155,13 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
                         return -ENOMEM;
                 e = error_params(text);
                 json_object_object_add(e, "parameter", json_object_new_string("vault"));
-                json_object_object_add(e, "vault", json_object_new_string(vault_name(target)));
-                json_object_object_add(e, "compartment", json_object_new_string(comp));
                 return call_error(c, VARLINK_ERROR_INVALID_PARAMETER, e);
         }
         if (get_uint(c, params, "length", 256, 256, &p.bits) < 0 ||
             get_uint(c, params, "rotation_interval_days", 0, 3650, &p.rotation_interval_days) < 0)
                 return 0;
-        if (mode && !streq(mode, "hsm") && !streq(mode, "software"))
-                return reply_invalid(c, "protection_mode", "\"protection_mode\" is \"hsm\" or \"software\"");
         p.software = mode && streq(mode, "software");
         p.on_disable = cmek_json_get_string(params, "on_disable");
-        if (p.on_disable && !streq(p.on_disable, "suspend") && !streq(p.on_disable, "close"))
-                return reply_invalid(c, "on_disable", "\"on_disable\" is \"suspend\" or \"close\"");
 
         if (import) {
                 const char *alg = cmek_json_get_string(params, "wrapping_algorithm");
@@ -183,14 +171,12 @@ static int create_or_import(Manager *m, Call *c, json_object *params, bool impor
                         return reply_invalid(c, "wrapping_algorithm", "\"wrapping_algorithm\" is RSA_OAEP_AES_SHA256 or RSA_OAEP_SHA256");
                 if (p.software)
                         return reply_invalid(c, "protection_mode", "imported keys live in the token: protection mode \"hsm\" only");
-                if (!w)
-                        return reply_invalid(c, "wrapped", "\"wrapped\" (base64 string, at most 2048 bytes decoded) is required");
                 blob = malloc(IMPORT_BLOB_MAX);
                 if (!blob)
                         return -ENOMEM;
                 ssize_t n = cmek_base64_decode_to(w, blob, IMPORT_BLOB_MAX);
                 if (n == -ENOBUFS)
-                        return reply_invalid(c, "wrapped", "\"wrapped\" (base64 string, at most 2048 bytes decoded) is required");
+                        return reply_invalid(c, "wrapped", "\"wrapped\" must be base64 of at most 2048 bytes");
                 if (n < 0)
                         return reply_invalid(c, "wrapped", "\"wrapped\" is not valid base64 (RFC 4648, padded, no whitespace)");
                 p.wrapped = blob;
@@ -388,22 +374,11 @@ static int method_schedule_deletion(Manager *m, Call *c, json_object *params) { 
 static int method_cancel_deletion(Manager *m, Call *c, json_object *params) { return apply(m, c, params, KEY_OP_CANCEL_DELETION); }
 static int method_rotate(Manager *m, Call *c, json_object *params) { return apply(m, c, params, KEY_OP_ROTATE); }
 
-static bool test_only(Manager *m, Call *c) {
-        if (m->test_hooks)
-                return true;
-        json_object *p = json_object_new_object();
-        json_object_object_add(p, "method", json_object_new_string(call_method(c)));
-        (void) call_error(c, VARLINK_ERROR_METHOD_NOT_FOUND, p);
-        return false;
-}
-
 static int method_run_scheduled(Manager *m, Call *c, json_object *params) {
         json_object *p, *deleted, *rotated;
         int64_t now;
         int r;
 
-        if (!test_only(m, c))
-                return 0;
         r = manager_authorize(m, c, "manage", "keys", NULL, NULL, NULL);
         if (r < 0)
                 return r;
@@ -445,9 +420,7 @@ static int method_test_encrypt(Manager *m, Call *c, json_object *params) {
         unsigned version;
         int r;
 
-        if (!test_only(m, c))
-                return 0;
-        if (!key || (n = param_b64(params, "plaintext", pt, sizeof(pt))) < 0 ||
+        if ((n = param_b64(params, "plaintext", pt, sizeof(pt))) < 0 ||
             (cmek_json_get_string(params, "aad") && (na = param_b64(params, "aad", aad, sizeof(aad))) < 0))
                 return reply_invalid(c, "plaintext", "key, plaintext (base64, <= 256 bytes), aad (base64) expected");
         r = manager_authorize(m, c, "use", "keys", NULL, key, NULL);
@@ -479,9 +452,7 @@ static int method_test_decrypt(Manager *m, Call *c, json_object *params) {
         unsigned version;
         int r;
 
-        if (!test_only(m, c))
-                return 0;
-        if (!key || param_b64(params, "iv", iv, sizeof(iv)) != 12 || param_b64(params, "tag", tag, sizeof(tag)) != 16 ||
+        if (param_b64(params, "iv", iv, sizeof(iv)) != 12 || param_b64(params, "tag", tag, sizeof(tag)) != 16 ||
             (n = param_b64(params, "ciphertext", ct, sizeof(ct))) < 0 ||
             (cmek_json_get_string(params, "aad") && (na = param_b64(params, "aad", aad, sizeof(aad))) < 0))
                 return reply_invalid(c, "ciphertext", "key, iv (12), ciphertext, tag (16), aad: base64 expected");
@@ -499,104 +470,98 @@ static int method_test_decrypt(Manager *m, Call *c, json_object *params) {
         return call_reply_secret(c, "plaintext", pt, (size_t) n, NULL);
 }
 
-static const Method key_methods[] = {
-        { "io.cmek.Key.Create", method_create },
-        { "io.cmek.Key.Import", method_import },
-        { "io.cmek.Key.List", method_list },
-        { "io.cmek.Key.Show", method_show },
-        { "io.cmek.Key.Disable", method_disable },
-        { "io.cmek.Key.DisableVersion", method_disable_version },
-        { "io.cmek.Key.EnableVersion", method_enable_version },
-        { "io.cmek.Key.Enable", method_enable },
-        { "io.cmek.Key.ScheduleDeletion", method_schedule_deletion },
-        { "io.cmek.Key.CancelDeletion", method_cancel_deletion },
-        { "io.cmek.Key.Rotate", method_rotate },
-        { "io.cmek.Key.RunScheduled", method_run_scheduled },
-        { "io.cmek.Key.TestEncrypt", method_test_encrypt },
-        { "io.cmek.Key.TestDecrypt", method_test_decrypt },
-        { NULL, NULL },
+/* The methods run only with --test-hooks (dispatch() does not find them otherwise). */
+static const VarlinkSymbol key_symbols[] = {
+        { VARLINK_TYPEDEF, "KeyVersion", .fields = VARLINK_FIELDS(
+                V_INT("version"), V_STRING("created"), V_STRING("label")) },
+        { VARLINK_TYPEDEF, "KeyInfo",
+          .doc = "state: ENABLED, DISABLED, PENDING_DELETION, DELETED; length in bits;\n"
+                 "token_usage_disabled: ENABLED here but CKA_ENCRYPT/CKA_DECRYPT turned off in the token.",
+          .fields = VARLINK_FIELDS(
+                V_STRING("id"), V_STRING("name"), V_STRING("compartment"), V_STRING("vault"), V_STRING("state"),
+                V_STRING("protection_mode"), V_INT("length"), V_INT("current_version"),
+                V_TYPE("versions", "KeyVersion", V_ARRAY), V_STRING("created", V_OPT),
+                V_STRING("last_rotation", V_OPT), V_INT("rotation_interval_days"), V_STRING("deletion_time", V_OPT),
+                V_BOOL("provider_managed"), V_STRING("on_disable", V_OPT), V_BOOL("token_usage_disabled", V_OPT)) },
+        { VARLINK_METHOD, "Create", .handler = method_create,
+          .doc = "protection_mode: \"hsm\" (default) or \"software\"; length: 128, 192, 256 (default).\n"
+                 "on_disable: \"suspend\" or \"close\" the volumes' mappings when the key is disabled\n"
+                 "(default: [enforcement] on-disable= of cmekd.conf). Needs: manage keys.",
+          .fields = VARLINK_FIELDS(
+                V_STRING("name"), V_STRING("compartment"), V_INT("length", V_OPT),
+                { .name = "protection_mode", .kind = VARLINK_ENUM, .nullable = true,
+                  .values = VARLINK_VALUES("hsm", "software") },
+                V_STRING("vault", V_OPT), V_INT("rotation_interval_days", V_OPT),
+                { .name = "on_disable", .kind = VARLINK_ENUM, .nullable = true,
+                  .values = VARLINK_VALUES("suspend", "close") }),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "Import", .handler = method_import,
+          .doc = "wrapped: base64 of the blob (at most 2048 bytes); wrapping_algorithm: RSA_OAEP_AES_SHA256\n"
+                 "(default) or RSA_OAEP_SHA256. Imported keys live in the token: protection_mode \"hsm\" only.",
+          .fields = VARLINK_FIELDS(
+                V_STRING("name"), V_STRING("compartment"), V_STRING("wrapped"),
+                /* a string, not an enum: Varlink enum values start with a lowercase letter */
+                V_STRING("wrapping_algorithm", V_OPT),
+                V_STRING("vault", V_OPT), V_INT("rotation_interval_days", V_OPT),
+                { .name = "protection_mode", .kind = VARLINK_ENUM, .nullable = true,
+                  .values = VARLINK_VALUES("hsm", "software") },
+                { .name = "on_disable", .kind = VARLINK_ENUM, .nullable = true,
+                  .values = VARLINK_VALUES("suspend", "close") }),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "List", .handler = method_list, .unaudited = true,
+          .doc = "Without a compartment: every key the caller may inspect.",
+          .fields = VARLINK_FIELDS(V_STRING("compartment", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("keys", "KeyInfo", V_ARRAY)) },
+        { VARLINK_METHOD, "Show", .handler = method_show, .unaudited = true,
+          .doc = "key: an id, a name, or COMPARTMENT/NAME.",
+          .fields = VARLINK_FIELDS(V_STRING("key")),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "Disable", .handler = method_disable,
+          .fields = VARLINK_FIELDS(V_STRING("key")), .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "Enable", .handler = method_enable,
+          .fields = VARLINK_FIELDS(V_STRING("key")), .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "DisableVersion", .handler = method_disable_version,
+          .doc = "One old version only (not the current one): it unwraps nothing any more.",
+          .fields = VARLINK_FIELDS(V_STRING("key"), V_INT("version")),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "EnableVersion", .handler = method_enable_version,
+          .fields = VARLINK_FIELDS(V_STRING("key"), V_INT("version")),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "ScheduleDeletion", .handler = method_schedule_deletion,
+          .doc = "days: the waiting period, 7 to 30 (default 30).",
+          .fields = VARLINK_FIELDS(V_STRING("key"), V_INT("days", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "CancelDeletion", .handler = method_cancel_deletion,
+          .fields = VARLINK_FIELDS(V_STRING("key")), .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo")) },
+        { VARLINK_METHOD, "Rotate", .handler = method_rotate,
+          .fields = VARLINK_FIELDS(V_STRING("key")),
+          .out = VARLINK_FIELDS(V_TYPE("key", "KeyInfo"), V_INT("version")) },
+        { VARLINK_METHOD, "RunScheduled", .handler = method_run_scheduled, .test_only = true,
+          .doc = "Test builds started with --test-hooks only: runs scheduled deletions and rotations as of now\n"
+                 "(seconds since the epoch).",
+          .fields = VARLINK_FIELDS(V_INT("now", V_OPT)),
+          .out = VARLINK_FIELDS(V_STRING("deleted", V_ARRAY), V_STRING("rotated", V_ARRAY)) },
+        { VARLINK_METHOD, "TestEncrypt", .handler = method_test_encrypt, .test_only = true,
+          .doc = "Test builds started with --test-hooks only. Secrets are base64.",
+          .fields = VARLINK_FIELDS(V_STRING("key"), V_STRING("plaintext"), V_STRING("aad", V_OPT), V_INT("version", V_OPT)),
+          .out = VARLINK_FIELDS(V_INT("version"), V_STRING("iv"), V_STRING("ciphertext"), V_STRING("tag")) },
+        { VARLINK_METHOD, "TestDecrypt", .handler = method_test_decrypt, .test_only = true,
+          .doc = "Test builds started with --test-hooks only. Secrets are base64.",
+          .fields = VARLINK_FIELDS(V_STRING("key"), V_STRING("iv"), V_STRING("ciphertext"), V_STRING("tag"),
+                                   V_STRING("aad", V_OPT), V_INT("version", V_OPT)),
+          .out = VARLINK_FIELDS(V_STRING("plaintext")) },
+        {}
 };
 
 const Interface interface_key = {
         .name = "io.cmek.Key",
-        .description =
-                "# Master encryption keys: AES keys generated (or imported) inside a vault's PKCS#11 token.\n"
-                "# Their metadata (name, state, versions) lives in the token too, so brokers sharing a\n"
-                "# token agree. Errors (named io.cmek.*, see cmek-protocol.h) carry a \"message\":\n"
-                "#   io.cmek.KeyNotFound (key), io.cmek.AlreadyExists (name, compartment),\n"
-                "#   io.cmek.InvalidStateTransition (key, current_state, requested, allowed: []string),\n"
-                "#   io.cmek.VaultNotFound (vault), io.cmek.VaultUnavailable (vault, reason),\n"
-                "#   io.cmek.ImportFailed (reason), io.cmek.KeyDisabled, io.cmek.KeyPendingDeletion,\n"
-                "#   io.cmek.KeyDeleted, io.cmek.UnwrapFailed (key), io.cmek.PermissionDenied.\n"
-                "interface io.cmek.Key\n"
-                "\n"
-                "type KeyVersion (version: int, created: string, label: string)\n"
-                "\n"
-                "# state: ENABLED, DISABLED, PENDING_DELETION, DELETED; length in bits;\n"
-                "# token_usage_disabled: ENABLED here but CKA_ENCRYPT/CKA_DECRYPT turned off in the token.\n"
-                "type KeyInfo (\n"
-                "  id: string,\n"
-                "  name: string,\n"
-                "  compartment: string,\n"
-                "  vault: string,\n"
-                "  state: string,\n"
-                "  protection_mode: string,\n"
-                "  length: int,\n"
-                "  current_version: int,\n"
-                "  versions: []KeyVersion,\n"
-                "  created: ?string,\n"
-                "  last_rotation: ?string,\n"
-                "  rotation_interval_days: int,\n"
-                "  deletion_time: ?string,\n"
-                "  provider_managed: bool,\n"
-                "  on_disable: ?string,\n"
-                "  token_usage_disabled: ?bool\n"
-                ")\n"
-                "\n"
-                "# protection_mode: \"hsm\" (default) or \"software\"; length: 128, 192, 256 (default).\n"
-                "# on_disable: \"suspend\" or \"close\" the volumes' mappings when the key is disabled\n"
-                "# (default: [enforcement] on-disable= of cmekd.conf).\n"
-                "method Create(name: string, compartment: string, length: ?int, protection_mode: ?string, vault: ?string,\n"
-                "              rotation_interval_days: ?int, on_disable: ?string) -> (key: KeyInfo)\n"
-                "\n"
-                "# wrapped: base64 of the blob; wrapping_algorithm: RSA_OAEP_AES_SHA256 (default) or RSA_OAEP_SHA256.\n"
-                "method Import(name: string, compartment: string, wrapped: string, wrapping_algorithm: ?string,\n"
-                "              vault: ?string, rotation_interval_days: ?int) -> (key: KeyInfo)\n"
-                "\n"
-                "# Without a compartment: every key the caller may inspect.\n"
-                "method List(compartment: ?string) -> (keys: []KeyInfo)\n"
-                "\n"
-                "# key: an id, a name, or COMPARTMENT/NAME.\n"
-                "method Show(key: string) -> (key: KeyInfo)\n"
-                "\n"
-                "method Disable(key: string) -> (key: KeyInfo)\n"
-                "\n"
-                "method Enable(key: string) -> (key: KeyInfo)\n"
-                "\n"
-                "# One old version only (not the current one): it unwraps nothing any more.\n"
-                "method DisableVersion(key: string, version: int) -> (key: KeyInfo)\n"
-                "\n"
-                "method EnableVersion(key: string, version: int) -> (key: KeyInfo)\n"
-                "\n"
-                "# days: the waiting period, 7 to 30 (default 30).\n"
-                "method ScheduleDeletion(key: string, days: ?int) -> (key: KeyInfo)\n"
-                "\n"
-                "method CancelDeletion(key: string) -> (key: KeyInfo)\n"
-                "\n"
-                "method Rotate(key: string) -> (key: KeyInfo, version: int)\n"
-                "\n"
-                "# Test builds started with --test-hooks only.\n"
-                "method RunScheduled(now: ?int) -> (deleted: []string, rotated: []string)\n"
-                "\n"
-                "method TestEncrypt(key: string, plaintext: string, aad: ?string, version: ?int)\n"
-                "  -> (version: int, iv: string, ciphertext: string, tag: string)\n"
-                "\n"
-                "method TestDecrypt(key: string, iv: string, ciphertext: string, tag: string, aad: ?string,\n"
-                "                   version: ?int) -> (plaintext: string)\n"
-                "\n"
-                "# Any method but List and Show: the audit log cannot record the operation, so it was refused.\n"
-                "error AuditUnavailable (message: string)\n",
-        .methods = key_methods,
+        .doc = "Master encryption keys: AES keys generated (or imported) inside a vault's PKCS#11 token.\n"
+               "Their metadata (name, state, versions) lives in the token too, so brokers sharing a\n"
+               "token agree. Errors are those of interface io.cmek: KeyNotFound, AlreadyExists,\n"
+               "InvalidStateTransition, VaultNotFound, VaultUnavailable, ImportFailed, KeyDisabled,\n"
+               "KeyPendingDeletion, KeyDeleted, UnwrapFailed, PermissionDenied, AuditUnavailable (any\n"
+               "method but List and Show: the audit log cannot record the operation, so it was refused).",
+        .symbols = key_symbols,
 };
 
 /* ---- io.cmek.Vault ---- */
@@ -711,49 +676,34 @@ static int method_get_wrapping_key(Manager *m, Call *c, json_object *params) {
         return call_reply(c, p);
 }
 
-static const Method vault_methods[] = {
-        { "io.cmek.Vault.List", method_vault_list },
-        { "io.cmek.Vault.Show", method_vault_show },
-        { "io.cmek.Vault.GetWrappingKey", method_get_wrapping_key },
-        { NULL, NULL },
+static const VarlinkSymbol vault_symbols[] = {
+        { VARLINK_TYPEDEF, "TokenInfo", .fields = VARLINK_FIELDS(
+                V_STRING("label", V_OPT), V_STRING("manufacturer", V_OPT), V_STRING("model", V_OPT),
+                V_STRING("serial", V_OPT), V_STRING("hardware_version"), V_STRING("firmware_version")) },
+        { VARLINK_TYPEDEF, "VaultInfo", .fields = VARLINK_FIELDS(
+                V_STRING("name"), V_STRING("uri", V_OPT), V_STRING("module", V_OPT), V_BOOL("embedded"),
+                V_BOOL("available"), V_STRING("reason", V_OPT), V_INT("slots", V_OPT), V_INT("free_slots", V_OPT),
+                V_TYPE("token", "TokenInfo", V_OPT), V_INT("keys", V_OPT), V_STRING("compartments", V_OPT, V_ARRAY)) },
+        { VARLINK_METHOD, "List", .handler = method_vault_list, .unaudited = true,
+          .out = VARLINK_FIELDS(V_TYPE("vaults", "VaultInfo", V_ARRAY)) },
+        { VARLINK_METHOD, "Show", .handler = method_vault_show, .unaudited = true,
+          .doc = "vault: default \"default\".",
+          .fields = VARLINK_FIELDS(V_STRING("vault", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("vault", "VaultInfo")) },
+        { VARLINK_METHOD, "GetWrappingKey", .handler = method_get_wrapping_key,
+          .doc = "The RSA-4096 public key (PEM) that import blobs are wrapped for; generated in the token\n"
+                 "on the first call, which needs manage vaults; reading an existing one needs read vaults.",
+          .fields = VARLINK_FIELDS(V_STRING("vault", V_OPT)),
+          .out = VARLINK_FIELDS(V_STRING("vault"), V_STRING("algorithm"), V_STRING("public_key")) },
+        {}
 };
 
 const Interface interface_vault = {
         .name = "io.cmek.Vault",
-        .description =
-                "# Vaults: PKCS#11 tokens reached through p11-kit. \"default\" is cmekd's embedded SoftHSM2\n"
-                "# token; others come from [vault NAME] sections of cmekd.conf(5). An unavailable vault\n"
-                "# is listed with available=false and the reason.\n"
-                "# Errors: io.cmek.VaultNotFound (vault), io.cmek.VaultUnavailable (vault, reason).\n"
-                "interface io.cmek.Vault\n"
-                "\n"
-                "type TokenInfo (label: ?string, manufacturer: ?string, model: ?string, serial: ?string,\n"
-                "                hardware_version: string, firmware_version: string)\n"
-                "\n"
-                "type VaultInfo (\n"
-                "  name: string,\n"
-                "  uri: ?string,\n"
-                "  module: ?string,\n"
-                "  embedded: bool,\n"
-                "  available: bool,\n"
-                "  reason: ?string,\n"
-                "  slots: ?int,\n"
-                "  free_slots: ?int,\n"
-                "  token: ?TokenInfo,\n"
-                "  keys: ?int,\n"
-                "  compartments: ?[]string\n"
-                ")\n"
-                "\n"
-                "method List() -> (vaults: []VaultInfo)\n"
-                "\n"
-                "# vault: default \"default\".\n"
-                "method Show(vault: ?string) -> (vault: VaultInfo)\n"
-                "\n"
-                "# The RSA-4096 public key (PEM) that import blobs are wrapped for; generated in the token\n"
-                "# on the first call, which needs manage vaults; reading an existing one needs read vaults.\n"
-                "method GetWrappingKey(vault: ?string) -> (vault: string, algorithm: string, public_key: string)\n"
-                "\n"
-                "# GetWrappingKey: the audit log cannot record the operation, so it was refused.\n"
-                "error AuditUnavailable (message: string)\n",
-        .methods = vault_methods,
+        .doc = "Vaults: PKCS#11 tokens reached through p11-kit. \"default\" is cmekd's embedded SoftHSM2\n"
+               "token; others come from [vault NAME] sections of cmekd.conf(5). An unavailable vault\n"
+               "is listed with available=false and the reason.\n"
+               "Errors are those of interface io.cmek: VaultNotFound, VaultUnavailable, PermissionDenied,\n"
+               "AuditUnavailable (GetWrappingKey: the audit log cannot record the operation, so it was refused).",
+        .symbols = vault_symbols,
 };

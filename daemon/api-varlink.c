@@ -29,8 +29,12 @@ static int method_get_interface_description(Manager *m, Call *c, json_object *pa
         list = manager_interfaces(&n);
         for (size_t i = 0; i < n; i++)
                 if (streq(list[i]->name, name)) {
-                        json_object *p = json_object_new_object();
-                        json_object_object_add(p, "description", json_object_new_string(list[i]->description));
+                        _cleanup_free_ char *text = manager_interface_description(m, list[i]);
+                        json_object *p;
+                        if (!text)
+                                return -ENOMEM;
+                        p = json_object_new_object();
+                        json_object_object_add(p, "description", json_object_new_string(text));
                         return call_reply(c, p);
                 }
         json_object *p = json_object_new_object();
@@ -74,13 +78,13 @@ const Interface interface_varlink_service = {
                 "# implement it.\n"
                 "error MethodNotImplemented (method: string)\n"
                 "\n"
-                "# One of the passed parameters is invalid.\n"
-                "error InvalidParameter (parameter: string)\n"
+                "# One of the passed parameters is invalid. cmekd adds a message saying what it must be.\n"
+                "error InvalidParameter (parameter: string, message: ?string)\n"
                 "\n"
                 "# Client is denied access\n"
                 "error PermissionDenied ()\n"
                 "\n"
                 "# Method is expected to be called with 'more' set to true, but wasn't\n"
-                "error ExpectedMore ()\n",
+                "error ExpectedMore (message: ?string)\n",
         .methods = varlink_methods,
 };

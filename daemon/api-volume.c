@@ -27,6 +27,12 @@ static int reply_errno(Call *c, int r, const char *device, const char *key_id) {
         if (e->key_state)
                 json_object_object_add(p, "state", json_object_new_string(e->key_state));
         cmek_error_format_hint(hint, r, device, key_id, msg, sizeof(msg));
+        if (streq(e->name, VARLINK_ERROR_INVALID_PARAMETER)) {
+                /* the standard error names the parameter; the device is in the message */
+                json_object_object_del(p, "device");
+                json_object_object_del(p, "key_id");
+                json_object_object_add(p, "parameter", json_object_new_string(r == -EPERM ? "unlock_secret" : "unlock_keyslot"));
+        }
         json_object_object_add(p, "message", json_object_new_string(msg));
         return call_error(c, e->name, p);
 }
@@ -95,8 +101,13 @@ static int get_secret(json_object *params, const char *name, void **ret, size_t 
         return r < 0 ? r : 1;
 }
 
-static int invalid(Call *c, const char *msg) {
-        return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "%s", msg);
+/* InvalidParameter for a value the declaration admits but this method does not (types, presence
+ * and unknown fields are checked by dispatch() before the handler runs) */
+static int invalid(Call *c, const char *parameter, const char *msg) {
+        json_object *p = json_object_new_object();
+        json_object_object_add(p, "parameter", json_object_new_string(parameter));
+        json_object_object_add(p, "message", json_object_new_string(msg));
+        return call_error(c, VARLINK_ERROR_INVALID_PARAMETER, p);
 }
 
 /* A policy check that does not reply (to choose what a refused caller is told). */
@@ -151,17 +162,15 @@ static int method_create(Manager *m, Call *c, json_object *params) {
         VolumeFile f = VOLUME_FILE_NULL;
         int r;
 
-        if (!path || !key)
-                return invalid(c, "\"path\" and \"key\" (strings) are required");
-        if (json_object_object_get_ex(params, "size", NULL) && (!cmek_json_get_int64(params, "size", &size) || size < 0))
-                return invalid(c, "\"size\" must be a byte count");
+        if (json_object_object_get_ex(params, "size", NULL) && cmek_json_get_int64(params, "size", &size) && size < 0)
+                return invalid(c, "size", "\"size\" must be a byte count");
         r = get_secret(params, "recovery_passphrase", &recovery, &recovery_size);
         if (r < 0)
-                return invalid(c, "\"recovery_passphrase\" must be base64");
+                return invalid(c, "recovery_passphrase", "\"recovery_passphrase\" must be base64");
         if (strict && recovery)
-                return invalid(c, "--strict volumes have only the CMEK keyslot: no recovery passphrase");
+                return invalid(c, "recovery_passphrase", "--strict volumes have only the CMEK keyslot: no recovery passphrase");
         if (size > 0 && size < 8 * 1024 * 1024)
-                return invalid(c, "\"size\" must be at least 8 MiB (4 MiB of it is the LUKS2 header)");
+                return invalid(c, "size", "\"size\" must be at least 8 MiB (4 MiB of it is the LUKS2 header)");
 
         r = authorize_key(m, c, key, "use", &k);
         if (r < 0)
@@ -204,14 +213,12 @@ static int method_bind(Manager *m, Call *c, json_object *params) {
         _cleanup_free_ char *old_key = NULL;
         int r;
 
-        if (!dev || !key)
-                return invalid(c, "\"device\" and \"key\" (strings) are required");
         if (json_object_object_get_ex(params, "unlock_keyslot", NULL) &&
-            (!cmek_json_get_int64(params, "unlock_keyslot", &unlock_keyslot) || unlock_keyslot < 0 || unlock_keyslot > 31))
-                return invalid(c, "\"unlock_keyslot\" must be a keyslot number (0-31)");
+            cmek_json_get_int64(params, "unlock_keyslot", &unlock_keyslot) && (unlock_keyslot < 0 || unlock_keyslot > 31))
+                return invalid(c, "unlock_keyslot", "\"unlock_keyslot\" must be a keyslot number (0-31)");
         r = get_secret(params, "unlock_secret", &unlock, &unlock_size);
         if (r < 0)
-                return invalid(c, "\"unlock_secret\" must be base64");
+                return invalid(c, "unlock_secret", "\"unlock_secret\" must be base64");
         r = authorize_key(m, c, key, "use", &k);
         if (r < 0)
                 return 0;
@@ -261,7 +268,7 @@ static int method_bind(Manager *m, Call *c, json_object *params) {
         old_key = p.key_id ? strdup(p.key_id) : NULL;
         r = volume_bind(m, &f, &p, k.id, unlock, unlock_size, (int) unlock_keyslot, &v);
         if (r == -ENOKEY && !old_key) {
-                invalid(c, "the volume is not bound yet: give an existing way in once "
+                invalid(c, "unlock_secret", "the volume is not bound yet: give an existing way in once "
                         "(--unlock-key-file F or --unlock-passphrase-stdin)");
                 goto out;
         }
@@ -493,10 +500,8 @@ static int method_unlock(Manager *m, Call *c, json_object *params) {
         Volume *v;
         int r;
 
-        if (!dev)
-                return invalid(c, "\"device\" (string) is required");
         if (name && (!*name || strchr(name, '/') || strlen(name) > 127))
-                return invalid(c, "\"name\" must be a device-mapper name (no '/', at most 127 bytes)");
+                return invalid(c, "name", "\"name\" must be a device-mapper name (no '/', at most 127 bytes)");
         v = find_volume(m, c, dev, "use", true);
         if (!v)
                 return 0;
@@ -533,7 +538,7 @@ static int method_restore(Manager *m, Call *c, json_object *params) {
         int r;
 
         if (!!dev == !!key)
-                return invalid(c, "give either \"device\" or \"key\"");
+                return invalid(c, "device", "give either \"device\" or \"key\"");
         if (dev) {
                 Volume *v = find_volume(m, c, dev, "use", true);
                 if (!v)
@@ -600,8 +605,6 @@ static int method_lock(Manager *m, Call *c, json_object *params) {
         Volume *v;
         int r;
 
-        if (!dev)
-                return invalid(c, "\"device\" (string) is required");
         v = find_volume(m, c, dev, "use", false);
         if (!v)
                 return 0;
@@ -623,11 +626,15 @@ static int method_unwrap(Manager *m, Call *c, json_object *params) {
         KeyInfo k = {};
         int r;
 
-        if (!uuid || !json_object_object_get_ex(params, "token", &tok) || !json_object_is_type(tok, json_type_object))
-                return invalid(c, "\"uuid\" (string) and \"token\" (object) are required");
+        if (!json_object_object_get_ex(params, "token", &tok))
+                return -EINVAL; /* declared required: dispatch() checked it */
         r = cmek_token_from_json(tok, &t, &why);
-        if (r < 0)
-                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "malformed cmek token: %s", why);
+        if (r < 0) {
+                _cleanup_free_ char *msg = NULL;
+                if (asprintf(&msg, "malformed cmek token: %s", why) < 0)
+                        return -ENOMEM;
+                return invalid(c, "token", msg);
+        }
 
         /* a caller that no statement names is refused before any token access */
         if (!manager_caller_has_any_grant(m, c)) {
@@ -687,7 +694,7 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
         int r;
 
         if (json_object_object_get_ex(params, "devices", &devs) && !json_object_is_type(devs, json_type_array))
-                devs = NULL;
+                devs = NULL;    /* null: all */
         /* A caller that no statement names is refused before any lookup: no token access, no
          * device opened. */
         if (!manager_caller_has_any_grant(m, c)) {
@@ -734,7 +741,7 @@ static int method_rewrap(Manager *m, Call *c, json_object *params) {
                         if (!v) {
                                 json_object_put(results);
                                 key_info_done(&k);
-                                return d ? 0 : invalid(c, "\"devices\" must be strings");
+                                return 0;
                         }
                         list[n++] = v;
                 }
@@ -840,8 +847,6 @@ static int method_unbind(Manager *m, Call *c, json_object *params) {
         Volume *v;
         int r;
 
-        if (!dev)
-                return invalid(c, "\"device\" (string) is required");
         v = find_volume(m, c, dev, "manage", true);
         if (!v)
                 return 0;
@@ -911,8 +916,6 @@ static int method_show(Manager *m, Call *c, json_object *params) {
         const char *dev = cmek_json_get_string(params, "device");
         Volume *v;
 
-        if (!dev)
-                return invalid(c, "\"device\" (string) is required");
         v = find_volume(m, c, dev, "read", false);
         if (!v)
                 return 0;
@@ -925,9 +928,9 @@ static int method_scan(Manager *m, Call *c, json_object *params) {
         json_object *paths, *a = json_object_new_array(), *p;
         int added = 0;
 
-        if (!json_object_object_get_ex(params, "paths", &paths) || !json_object_is_type(paths, json_type_array)) {
+        if (!json_object_object_get_ex(params, "paths", &paths)) {
                 json_object_put(a);
-                return invalid(c, "\"paths\" ([]string) is required");
+                return -EINVAL; /* declared required: dispatch() checked it */
         }
         if (manager_authorize(m, c, "manage", "volumes", NULL, NULL, NULL) < 0) {
                 json_object_put(a);
@@ -963,110 +966,82 @@ static int method_scan(Manager *m, Call *c, json_object *params) {
         return call_reply(c, p);
 }
 
-static const Method volume_methods[] = {
-        { "io.cmek.Volume.Create", method_create },
-        { "io.cmek.Volume.Bind", method_bind },
-        { "io.cmek.Volume.Unbind", method_unbind },
-        { "io.cmek.Volume.Unlock", method_unlock },
-        { "io.cmek.Volume.Lock", method_lock },
-        { "io.cmek.Volume.Restore", method_restore },
-        { "io.cmek.Volume.Unwrap", method_unwrap },
-        { "io.cmek.Volume.Rewrap", method_rewrap },
-        { "io.cmek.Volume.List", method_list },
-        { "io.cmek.Volume.Show", method_show },
-        { "io.cmek.Volume.Scan", method_scan },
+static const VarlinkSymbol volume_symbols[] = {
+        { VARLINK_TYPEDEF, "VolumeInfo", .fields = VARLINK_FIELDS(
+                V_STRING("uuid"), V_STRING("path", V_OPT), V_STRING("key_id", V_OPT), V_STRING("key_name", V_OPT),
+                V_INT("key_version"), V_STRING("key_state", V_OPT), V_STRING("vault", V_OPT), V_INT("keyslot"),
+                V_INT("token"), V_STRING("state"), V_STRING("mapping", V_OPT), V_BOOL("mapped", V_OPT),
+                V_BOOL("provider_managed"), V_BOOL("pending_rewrap"), V_BOOL("suspended"), V_STRING("lock", V_OPT),
+                V_STRING("restore_name", V_OPT), V_STRING("lock_reason", V_OPT), V_INT("locked_usec", V_OPT),
+                V_STRING("availability", V_OPT), V_STRING("unavailable_reason", V_OPT), V_STRING("in_use_by", V_OPT),
+                V_INT("EncryptionKeyStatus", V_OPT), V_INT("EncryptionKeyType", V_OPT), V_BOOL("reachable", V_OPT),
+                V_INT("other_keyslots", V_OPT), V_STRING("shred_status", V_OPT)) },
+        { VARLINK_TYPEDEF, "RewrapResult", .fields = VARLINK_FIELDS(
+                V_STRING("uuid"), V_STRING("path", V_OPT), V_STRING("result"), V_INT("key_version"),
+                V_STRING("error", V_OPT)) },
+        { VARLINK_METHOD, "Create", .handler = method_create,
+          .doc = "Formats PATH as LUKS2 (a sparse image of size bytes when PATH does not exist) and binds it.\n"
+                 "Secrets are base64. Needs: use keys, manage volumes.",
+          .fields = VARLINK_FIELDS(V_STRING("path"), V_STRING("key"), V_INT("size", V_OPT), V_BOOL("strict", V_OPT),
+                                   V_BOOL("force", V_OPT), V_STRING("recovery_passphrase", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo")) },
+        { VARLINK_METHOD, "Bind", .handler = method_bind,
+          .doc = "Binds an existing LUKS2 volume (unlock_secret: an existing passphrase or key file, base64,\n"
+                 "tried on keyslot unlock_keyslot only, default the first non-CMEK one), or moves a bound one\n"
+                 "to another key. The path is opened with the caller's own access. Needs: use keys, manage\n"
+                 "volumes (and both on the key that wraps the volume now, to move it).",
+          .fields = VARLINK_FIELDS(V_STRING("device"), V_STRING("key"), V_STRING("unlock_secret", V_OPT),
+                                   V_INT("unlock_keyslot", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo")) },
+        { VARLINK_METHOD, "Unbind", .handler = method_unbind,
+          .doc = "Re-wraps under the provider-managed default key, or removes the CMEK keyslot and token.",
+          .fields = VARLINK_FIELDS(V_STRING("device"), V_BOOL("remove_slot", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo", V_OPT)) },
+        { VARLINK_METHOD, "Unlock", .handler = method_unlock,
+          .doc = "Unwraps the DEK and opens the CMEK keyslot; test: check only, no device-mapper.\n"
+                 "Needs: use volumes, use keys.",
+          .fields = VARLINK_FIELDS(V_STRING("device"), V_STRING("name", V_OPT), V_BOOL("test", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo")) },
+        { VARLINK_METHOD, "Lock", .handler = method_lock,
+          .fields = VARLINK_FIELDS(V_STRING("device")),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo")) },
+        { VARLINK_METHOD, "Restore", .handler = method_restore,
+          .doc = "After a key is enabled again: resumes the mappings enforcement suspended and re-opens the\n"
+                 "ones it closed, under their names (one device, or every volume of a key). Refused with the\n"
+                 "key's state unless it is ENABLED. Needs: use volumes, use keys.",
+          .fields = VARLINK_FIELDS(V_STRING("device", V_OPT), V_STRING("key", V_OPT)),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo", V_OPT), V_INT("restored", V_OPT), V_INT("failed", V_OPT),
+                                V_OBJECT("results", V_OPT, V_ARRAY)) },
+        { VARLINK_METHOD, "Unwrap", .handler = method_unwrap,
+          .doc = "For the cryptsetup token plugin: the DEK of a cmek token read from the header of the\n"
+                 "volume with this LUKS UUID. Needs: use keys, use volumes, use key-delegate (the DEK leaves).",
+          .fields = VARLINK_FIELDS(V_STRING("uuid"), V_OBJECT("token")),
+          .out = VARLINK_FIELDS(V_STRING("secret"), V_INT("keyslot"), V_INT("key_version")) },
+        { VARLINK_METHOD, "Rewrap", .handler = method_rewrap,
+          .doc = "Re-wraps the volumes of a key (or the given devices, or all) under the newest key version;\n"
+                 "new_secret also replaces the keyslot secret. With more: one reply per volume.",
+          .fields = VARLINK_FIELDS(V_STRING("key", V_OPT), V_STRING("devices", V_OPT, V_ARRAY), V_BOOL("new_secret", V_OPT)),
+          .out = VARLINK_FIELDS(V_INT("progress", V_OPT), V_INT("total", V_OPT), V_TYPE("volume", "RewrapResult", V_OPT),
+                                V_INT("rewrapped", V_OPT), V_INT("current", V_OPT), V_INT("unreachable", V_OPT),
+                                V_INT("failed", V_OPT), V_TYPE("results", "RewrapResult", V_OPT, V_ARRAY)) },
+        { VARLINK_METHOD, "List", .handler = method_list, .unaudited = true,
+          .out = VARLINK_FIELDS(V_TYPE("volumes", "VolumeInfo", V_ARRAY)) },
+        { VARLINK_METHOD, "Show", .handler = method_show,
+          .fields = VARLINK_FIELDS(V_STRING("device")),
+          .out = VARLINK_FIELDS(V_TYPE("volume", "VolumeInfo")) },
+        { VARLINK_METHOD, "Scan", .handler = method_scan,
+          .doc = "Registers bound volumes found at these paths (rebuilds a lost registry).",
+          .fields = VARLINK_FIELDS(V_STRING("paths", V_ARRAY)),
+          .out = VARLINK_FIELDS(V_INT("added"), V_OBJECT("results", V_ARRAY)) },
         {}
 };
 
 const Interface interface_volume = {
         .name = "io.cmek.Volume",
-        .description =
-                "# LUKS2 volumes whose per-volume secret (DEK) is wrapped by a master key; see cmek-token(7).\n"
-                "interface io.cmek.Volume\n"
-                "\n"
-                "type VolumeInfo (\n"
-                "  uuid: string,\n"
-                "  path: ?string,\n"
-                "  key_id: ?string,\n"
-                "  key_name: ?string,\n"
-                "  key_version: int,\n"
-                "  key_state: ?string,\n"
-                "  vault: ?string,\n"
-                "  keyslot: int,\n"
-                "  token: int,\n"
-                "  state: string,\n"
-                "  mapping: ?string,\n"
-                "  mapped: ?bool,\n"
-                "  provider_managed: bool,\n"
-                "  pending_rewrap: bool,\n"
-                "  suspended: bool,\n"
-                "  lock: ?string,\n"
-                "  restore_name: ?string,\n"
-                "  lock_reason: ?string,\n"
-                "  locked_usec: ?int,\n"
-                "  availability: ?string,\n"
-                "  unavailable_reason: ?string,\n"
-                "  in_use_by: ?string,\n"
-                "  EncryptionKeyStatus: ?int,\n"
-                "  EncryptionKeyType: ?int,\n"
-                "  reachable: ?bool,\n"
-                "  other_keyslots: ?int,\n"
-                "  shred_status: ?string\n"
-                ")\n"
-                "\n"
-                "type RewrapResult (uuid: string, path: ?string, result: string, key_version: int, error: ?string)\n"
-                "\n"
-                "# Formats PATH as LUKS2 (a sparse image of size bytes when PATH does not exist) and binds it.\n"
-                "# Secrets are base64. Needs: use keys, manage volumes.\n"
-                "method Create(path: string, key: string, size: ?int, strict: ?bool, force: ?bool,\n"
-                "              recovery_passphrase: ?string) -> (volume: VolumeInfo)\n"
-                "\n"
-                "# Binds an existing LUKS2 volume (unlock_secret: an existing passphrase or key file, base64,\n"
-                "# tried on keyslot unlock_keyslot only, default the first non-CMEK one), or moves a bound one\n"
-                "# to another key. The path is opened with the caller's own access. Needs: use keys, manage\n"
-                "# volumes (and both on the key that wraps the volume now, to move it).\n"
-                "method Bind(device: string, key: string, unlock_secret: ?string, unlock_keyslot: ?int) -> (volume: VolumeInfo)\n"
-                "\n"
-                "# Re-wraps under the provider-managed default key, or removes the CMEK keyslot and token.\n"
-                "method Unbind(device: string, remove_slot: ?bool) -> (volume: ?VolumeInfo)\n"
-                "\n"
-                "# Unwraps the DEK and opens the CMEK keyslot; test: check only, no device-mapper.\n"
-                "# Needs: use volumes, use keys.\n"
-                "method Unlock(device: string, name: ?string, test: ?bool) -> (volume: VolumeInfo)\n"
-                "method Lock(device: string) -> (volume: VolumeInfo)\n"
-                "\n"
-                "# After a key is enabled again: resumes the mappings enforcement suspended and re-opens the\n"
-                "# ones it closed, under their names (one device, or every volume of a key). Refused with the\n"
-                "# key's state unless it is ENABLED. Needs: use volumes, use keys.\n"
-                "method Restore(device: ?string, key: ?string) -> (volume: ?VolumeInfo, restored: ?int, failed: ?int,\n"
-                "                                                 results: ?[]object)\n"
-                "\n"
-                "# For the cryptsetup token plugin: the DEK of a cmek token read from the header of the\n"
-                "# volume with this LUKS UUID. Needs: use keys, use volumes, use key-delegate (the DEK leaves).\n"
-                "method Unwrap(uuid: string, token: object) -> (secret: string, keyslot: int, key_version: int)\n"
-                "\n"
-                "# Re-wraps the volumes of a key (or the given devices, or all) under the newest key version;\n"
-                "# new_secret also replaces the keyslot secret. With more: one reply per volume.\n"
-                "method Rewrap(key: ?string, devices: ?[]string, new_secret: ?bool) -> (\n"
-                "  progress: ?int, total: ?int, volume: ?RewrapResult,\n"
-                "  rewrapped: ?int, current: ?int, unreachable: ?int, failed: ?int, results: ?[]RewrapResult)\n"
-                "\n"
-                "method List() -> (volumes: []VolumeInfo)\n"
-                "method Show(device: string) -> (volume: VolumeInfo)\n"
-                "# Registers bound volumes found at these paths (rebuilds a lost registry).\n"
-                "method Scan(paths: []string) -> (added: int, results: []object)\n"
-                "\n"
-                "error NotLUKS2 (device: string, message: string)\n"
-                "error VolumeNotFound (message: string)\n"
-                "error UnwrapFailed (message: string)\n"
-                "error DeviceError (device: ?string, message: string)\n"
-                "error AlreadyExists (device: ?string, message: string)\n"
-                "error KeyDisabled (key_id: string, state: string, message: string)\n"
-                "error KeyPendingDeletion (key_id: string, state: string, message: string)\n"
-                "error KeyDeleted (key_id: string, state: string, message: string)\n"
-                "error KeyNotFound (key_id: ?string, message: string)\n"
-                "# Any method but List: the audit log cannot record the operation, so it was refused (Unwrap:\n"
-                "# no secret is sent).\n"
-                "error AuditUnavailable (message: string)\n",
-        .methods = volume_methods,
+        .doc = "LUKS2 volumes whose per-volume secret (DEK) is wrapped by a master key; see cmek-token(7).\n"
+               "Errors are those of interface io.cmek: NotLUKS2, VolumeNotFound, UnwrapFailed, DeviceError,\n"
+               "AlreadyExists, Busy, KeyNotFound, KeyDisabled, KeyPendingDeletion, KeyDeleted,\n"
+               "InvalidStateTransition, VaultUnavailable, PermissionDenied, AuditUnavailable (any method but\n"
+               "List: the audit log cannot record the operation, so it was refused; Unwrap: no secret is sent).",
+        .symbols = volume_symbols,
 };

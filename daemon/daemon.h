@@ -14,6 +14,7 @@
 /* The interfaces the daemon serves, listed in interfaces[] in server.c (interface_service: manager.h) */
 extern const Interface interface_varlink_service; /* org.varlink.service: daemon/api-varlink.c */
 extern const Interface interface_events;          /* io.cmek.Events: daemon/events.c */
+extern const Interface interface_errors;          /* io.cmek: the shared errors, daemon/api-errors.c */
 extern const Interface interface_vault;           /* io.cmek.Vault: daemon/api-key.c */
 extern const Interface interface_key;             /* io.cmek.Key: daemon/api-key.c */
 extern const Interface interface_volume;          /* io.cmek.Volume: daemon/api-volume.c */
@@ -28,6 +29,8 @@ void server_done(Manager *m);
 void server_apply_limits(Manager *m);
 int send_json_error(Connection *c, const char *error, const char *message);
 const Interface *const *manager_interfaces(size_t *ret_n);
+/* The IDL text GetInterfaceDescription returns (test-only methods with --test-hooks only); free() it. */
+char *manager_interface_description(Manager *m, const Interface *iface);
 
 /* daemon/manager.c */
 int manager_new(Manager **ret);                 /* defaults only; the command line fills in the rest */

@@ -111,20 +111,8 @@ struct Manager {
         } hooks;
 };
 
-/* A method: reply through the call_* functions exactly once (call_reply_more any number
- * of times before). A negative return without a reply becomes io.cmek.InternalError. */
-typedef int (*MethodHandler)(Manager *m, Call *c, json_object *params);
-
-typedef struct Method {
-        const char *name;       /* fully qualified, e.g. "io.cmek.Key.Create" */
-        MethodHandler handler;
-} Method;
-
-typedef struct Interface {
-        const char *name;        /* "io.cmek.Key" */
-        const char *description; /* Varlink IDL text returned by GetInterfaceDescription */
-        const Method *methods;   /* terminated by { NULL, NULL } */
-} Interface;
+/* Methods, their parameters and errors: daemon/varlink-idl.h */
+#include "varlink-idl.h"
 
 /* --- replying --- */
 int call_reply(Call *c, json_object *params);                 /* takes ownership; NULL = {} */

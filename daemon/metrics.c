@@ -246,45 +246,29 @@ static int method_prometheus(Manager *m, Call *c, json_object *params) {
         return call_reply(c, p);
 }
 
-static const Method metrics_methods[] = {
-        { "io.cmek.Metrics.Get", method_get },
-        { "io.cmek.Metrics.Prometheus", method_prometheus },
+static const VarlinkSymbol metrics_symbols[] = {
+        { VARLINK_TYPEDEF, "VolumeMetrics", .fields = VARLINK_FIELDS(
+                V_STRING("uuid"), V_STRING("path", V_OPT), V_STRING("key_id", V_OPT), V_STRING("key_state", V_OPT),
+                V_STRING("volume_state"), V_INT("EncryptionKeyStatus"), V_INT("EncryptionKeyType")) },
+        { VARLINK_TYPEDEF, "KeyMetrics", .fields = VARLINK_FIELDS(
+                V_STRING("id"), V_STRING("name"), V_STRING("compartment"), V_STRING("state"),
+                V_BOOL("provider_managed"), V_INT("versions")) },
+        { VARLINK_TYPEDEF, "Counters", .fields = VARLINK_FIELDS(
+                V_INT("wrap"), V_INT("wrap_errors"), V_INT("unwrap"), V_INT("unwrap_errors")) },
+        { VARLINK_TYPEDEF, "AuditState",
+          .doc = "writable false: the audit log cannot be written and audited operations are refused",
+          .fields = VARLINK_FIELDS(V_BOOL("writable"), V_STRING("error", V_OPT), V_INT("unwritten")) },
+        { VARLINK_METHOD, "Get", .handler = method_get, .unaudited = true,
+          .out = VARLINK_FIELDS(V_TYPE("volumes", "VolumeMetrics", V_ARRAY), V_TYPE("keys", "KeyMetrics", V_ARRAY),
+                                V_TYPE("counters", "Counters"), V_TYPE("audit", "AuditState")) },
+        { VARLINK_METHOD, "Prometheus", .handler = method_prometheus, .unaudited = true,
+          .doc = "The same in Prometheus text format, under the seeds' metric names.",
+          .out = VARLINK_FIELDS(V_STRING("text")) },
         {}
 };
 
 const Interface interface_metrics = {
         .name = "io.cmek.Metrics",
-        .description =
-                "# The seeds' metrics. Needs: read audit.\n"
-                "interface io.cmek.Metrics\n"
-                "\n"
-                "type VolumeMetrics (\n"
-                "  uuid: string,\n"
-                "  path: ?string,\n"
-                "  key_id: ?string,\n"
-                "  key_state: ?string,\n"
-                "  volume_state: string,\n"
-                "  EncryptionKeyStatus: int,\n"
-                "  EncryptionKeyType: int\n"
-                ")\n"
-                "\n"
-                "type KeyMetrics (\n"
-                "  id: string,\n"
-                "  name: string,\n"
-                "  compartment: string,\n"
-                "  state: string,\n"
-                "  provider_managed: bool,\n"
-                "  versions: int\n"
-                ")\n"
-                "\n"
-                "type Counters (wrap: int, wrap_errors: int, unwrap: int, unwrap_errors: int)\n"
-                "\n"
-                "# writable false: the audit log cannot be written and audited operations are refused\n"
-                "type AuditState (writable: bool, error: ?string, unwritten: int)\n"
-                "\n"
-                "method Get() -> (volumes: []VolumeMetrics, keys: []KeyMetrics, counters: Counters, audit: AuditState)\n"
-                "\n"
-                "# The same in Prometheus text format.\n"
-                "method Prometheus() -> (text: string)\n",
-        .methods = metrics_methods,
+        .doc = "The seeds' metrics. Needs: read audit. Errors: io.cmek.PermissionDenied.",
+        .symbols = metrics_symbols,
 };

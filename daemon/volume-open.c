@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +156,30 @@ void volume_file_done(VolumeFile *f) {
         f->real = NULL;
 }
 
+/* call_errorf(), and InvalidParameter names the call's path parameter ("path" of Volume.Create,
+ * "device" elsewhere; Volume.Scan's paths never get here) */
+_printf_(3, 4)
+static int reply_errorf(Call *c, const char *error, const char *fmt, ...) {
+        const char *method = strempty(call_method(c));
+        size_t n = strlen(method);
+        _cleanup_free_ char *s = NULL;
+        json_object *p;
+        va_list ap;
+        int k;
+
+        va_start(ap, fmt);
+        k = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+                return -ENOMEM;
+        p = json_object_new_object();
+        if (streq(error, VARLINK_ERROR_INVALID_PARAMETER))
+                json_object_object_add(p, "parameter", json_object_new_string(
+                                n >= 7 && streq(method + n - 7, ".Create") ? "path" : "device"));
+        json_object_object_add(p, "message", json_object_new_string(s));
+        return call_error(c, error, p);
+}
+
 static int open_error(Call *c, const char *path, int err, VolumeOpenFlags flags) {
         switch (err) {
         case ENOENT:
@@ -171,9 +196,9 @@ static int open_error(Call *c, const char *path, int err, VolumeOpenFlags flags)
         case EEXIST:
                 return call_errorf(c, CMEK_ERROR_ALREADY_EXISTS, "'%s' appeared while it was being created: try again", path);
         case EISDIR:
-                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s' is a directory: give a block device or an image file", path);
+                return reply_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s' is a directory: give a block device or an image file", path);
         case ELOOP:
-                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s': too many symbolic links", path);
+                return reply_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s': too many symbolic links", path);
         case ENXIO:
         case ENODEV:
                 return call_errorf(c, CMEK_ERROR_VOLUME_NOT_FOUND, "'%s' is a device that is not present", path);
@@ -297,7 +322,7 @@ int volume_file_open(Manager *m, Call *c, const char *path, VolumeOpenFlags flag
                 if (dfd >= 0 && n > 0) {
                         link[n] = 0;
                         if (protected_dir(m, link, &protected))
-                                return call_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s' is inside cmekd's own "
+                                return reply_errorf(c, VARLINK_ERROR_INVALID_PARAMETER, "'%s' is inside cmekd's own "
                                                    "directory %s: a volume can never live there", path, protected), -EPERM;
                 }
                 if (dfd >= 0 && (n <= 0 || !*base))
@@ -325,7 +350,7 @@ int volume_file_open(Manager *m, Call *c, const char *path, VolumeOpenFlags flag
                 if (flags & VOLUME_OPEN_QUIET)
                         reply_quiet(c, path);
                 else
-                        call_errorf(c, error, "%s", msg);
+                        reply_errorf(c, error, "%s", msg);
                 if (f.created)
                         volume_file_unlink_created(c, path, &f);
                 volume_file_done(&f);

@@ -9,7 +9,8 @@ build_pkgs=(autoconf automake libtool pkg-config make gcc libc6-dev
             libp11-kit-dev libjson-c-dev libcmocka-dev)
 run_pkgs=(softhsm2 p11-kit cryptsetup-bin systemd util-linux)
 test_pkgs=(opensc socat python3 python3-cryptography e2fsprogs kmod procps psmisc
-           qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd)
+           qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
+           varlink-go)   # varlink-go-interface-generator: the IDL check of test-varlink-idl.sh
 
 case "${1:-test}" in
 build) want=("${build_pkgs[@]}") ;;
