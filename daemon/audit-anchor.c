@@ -324,7 +324,10 @@ char *audit_anchor_judge(Manager *m, const CmekAuditVerifyInfo *info, bool have_
         /* the anchored line's hash is what the token holds (a checkpoint, or at first start the
          * last line before the key existed): with the chain intact, a match proves every line
          * up to it */
-        if (have_anchor && (info->wanted.seq != anchor_seq || !streq(info->wanted.hash, anchor_hash))) {
+        /* anchor seq 0: the key was made on an empty log and no checkpoint reached the token yet
+         * (e.g. the token could not sign while its disk was full): there is no line to compare */
+        if (have_anchor && anchor_seq > 0 &&
+            (info->wanted.seq != anchor_seq || !streq(info->wanted.hash, anchor_hash))) {
                 if (info->wanted.checkpoint && checkpoint_mac(info->wanted.seq, info->wanted.prev, mac) >= 0 &&
                     !streq(mac, info->wanted.mac))
                         r = asprintf(&reason, "chain recomputed (checkpoint HMAC mismatch at line %" PRIu64 ", the token's anchor)",

@@ -162,17 +162,33 @@ fi
 
 # system_lock NAME: hold a machine-wide lock until the test exits, for what all build trees share
 # (the token plugin directory, local accounts). Waits up to 15 minutes.
-# Taking it again in the same test is a no-op: a second flock on a new descriptor would wait for
-# the test itself (test-sec-hygiene installs the token plugin three times).
+# The lock is held by a small holder process, not by a descriptor of this shell: a descriptor would
+# be inherited by every cmekd the test starts (a daemon with a stray open file is not the daemon
+# under test; test-faults-env's anchored audit chain broke on it). Taking it again in the same test
+# is a no-op.
 declare -A SYSTEM_LOCKS=()
 system_lock() {
-    local fd
+    local f ready pid i
     [ -z "${SYSTEM_LOCKS[$1]:-}" ] || return 0
     # the VM (tests/vm) boots without /run/lock
     [ -d /run/lock ] || mkdir -p /run/lock || fail "cannot create /run/lock for the lock $1"
-    exec {fd}>"/run/lock/cmek-test-$1.lock" || fail "cannot open the lock for $1"
-    flock -w 900 "$fd" || fail "waited 15 minutes for another test run holding '$1'"
-    SYSTEM_LOCKS[$1]=$fd
+    f="/run/lock/cmek-test-$1.lock" ready="$TEST_TMP/.lock-$1"
+    rm -f "$ready"
+    (
+        exec 9>"$f" </dev/null >/dev/null 2>&1 || exit 1
+        flock -w 900 9 || exit 1
+        : >"$ready"
+        exec sleep infinity
+    ) &
+    pid=$!
+    SYSTEM_LOCKS[$1]=$pid
+    on_exit "kill $pid 2>/dev/null; wait $pid 2>/dev/null"
+    for ((i = 0; i < 9100; i++)); do
+        [ -e "$ready" ] && return 0
+        kill -0 "$pid" 2>/dev/null || fail "could not take the machine-wide lock '$1' ($f)"
+        sleep 0.1
+    done
+    fail "waited 15 minutes for another test run holding '$1'"
 }
 
 # install_token_plugin: libcryptsetup loads token plugins only from its compiled-in directory, so
