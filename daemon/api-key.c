@@ -383,10 +383,10 @@ static int method_run_scheduled(Manager *m, Call *c, json_object *params) {
         if (r < 0)
                 return r;
         if (!cmek_json_get_int64(params, "now", &now) || now <= 0)
-                now = (int64_t) (manager_now_usec(m) / 1000000ULL);
+                now = (int64_t) (manager_now_usec(m) / USEC_PER_SEC);
         deleted = json_object_new_array();
         rotated = json_object_new_array();
-        r = key_run_scheduled(m, (uint64_t) now * 1000000ULL, deleted, rotated);
+        r = key_run_scheduled(m, (uint64_t) now * USEC_PER_SEC, deleted, rotated);
         if (r < 0) {
                 json_object_put(deleted);
                 json_object_put(rotated);

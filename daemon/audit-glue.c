@@ -16,7 +16,7 @@ static int audit_path(Manager *m, char **ret) {
         return asprintf(ret, "%s/audit.log", m->state_dir) < 0 ? -ENOMEM : 0;
 }
 
-#define AUDIT_RETRY_USEC (5ULL * 1000000ULL)
+#define AUDIT_RETRY_USEC (5ULL * USEC_PER_SEC)
 static int audit_recover(Manager *m);
 
 static int on_audit_retry(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -179,7 +179,7 @@ void manager_audit_describe(Manager *m, json_object *p) {
  * uid per second, whatever its rate. */
 #define DENIAL_BURST 5U
 #define DENIAL_UIDS 256U
-#define DENIAL_WINDOW_USEC 1000000ULL
+#define DENIAL_WINDOW_USEC USEC_PER_SEC
 #define ELEMENTSOF_DENIALS (DENIAL_UIDS + 1U)
 
 struct Denials {

@@ -15,9 +15,6 @@
 #include "cmek-log.h"
 #include "config.h"
 
-#ifndef USEC_PER_SEC
-#define USEC_PER_SEC 1000000ULL
-#endif
 #define VAULT_SECTION "vault"
 #define VAULT_EMBEDDED_NAME "default"   /* VAULT_DEFAULT_NAME in vault.h */
 #define COMPARTMENT_NAME_MAX 48

@@ -143,7 +143,7 @@ void dm_scan_refresh(DmCache *c) {
         DIR *d;
         struct dirent *de;
 
-        if (c->scan.usec && now - c->scan.usec < 1000000ULL)
+        if (c->scan.usec && now - c->scan.usec < USEC_PER_SEC)
                 return;
         dm_scan_clear(c);
         c->scan.usec = now;

@@ -18,7 +18,7 @@
 #include "luks2.h"
 #include "volume-registry.h"
 
-#define WATCH_INTERVAL_DEFAULT_USEC (5ULL * 1000000ULL)
+#define WATCH_INTERVAL_DEFAULT_USEC (5ULL * USEC_PER_SEC)
 
 static const char *const on_disable_table[_ON_DISABLE_MAX] = {
         [ON_DISABLE_SUSPEND] = "suspend",

@@ -89,13 +89,13 @@ static int on_drop_report(sd_event_source *s, uint64_t usec, void *userdata) {
 static void note_dropped(Manager *m) {
         m->hooks.n_dropped++;
         if (!m->hooks.drop_report &&
-            sd_event_add_time_relative(m->event, &m->hooks.drop_report, CLOCK_MONOTONIC, 1000000ULL, 100000ULL,
+            sd_event_add_time_relative(m->event, &m->hooks.drop_report, CLOCK_MONOTONIC, USEC_PER_SEC, 100000ULL,
                                        on_drop_report, m) < 0) {
                 (void) on_drop_report(NULL, 0, m);
                 return;
         }
         if (m->hooks.drop_report && sd_event_source_get_enabled(m->hooks.drop_report, NULL) == 0) {
-                (void) sd_event_source_set_time_relative(m->hooks.drop_report, 1000000ULL);
+                (void) sd_event_source_set_time_relative(m->hooks.drop_report, USEC_PER_SEC);
                 (void) sd_event_source_set_enabled(m->hooks.drop_report, SD_EVENT_ONESHOT);
         }
 }

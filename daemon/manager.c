@@ -317,7 +317,7 @@ uint64_t manager_now_usec(Manager *m) {
         if (asprintf(&path, "%s/test-clock", m->state_dir) < 0 || cmek_read_file(path, 64, &s, NULL) < 0)
                 return now;
         if (s[0] == '+')
-                return now + strtoull(s + 1, NULL, 10) * 1000000ULL;
-        return strtoull(s, NULL, 10) * 1000000ULL;
+                return now + strtoull(s + 1, NULL, 10) * USEC_PER_SEC;
+        return strtoull(s, NULL, 10) * USEC_PER_SEC;
 }
 

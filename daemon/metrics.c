@@ -10,7 +10,7 @@
 #include "key.h"
 #include "volume.h"
 
-#define METRICS_INTERVAL_USEC (30ULL * 1000000ULL)
+#define METRICS_INTERVAL_USEC (30ULL * USEC_PER_SEC)
 
 /* state of every key once per snapshot: volumes share keys */
 static json_object *keys_snapshot(Manager *m) {

@@ -22,7 +22,7 @@
 #define CONNECTION_OUTPUT_PAUSE (1024U * 1024U)     /* no new request is read while this much waits */
 #define LISTEN_PAUSE_USEC (250ULL * 1000ULL)          /* out of descriptors: accept again after this */
 #define REQUESTS_PER_WAKEUP 32U                     /* then other clients get their turn */
-#define REFUSAL_LOG_INTERVAL_USEC (10ULL * 1000000ULL)
+#define REFUSAL_LOG_INTERVAL_USEC (10ULL * USEC_PER_SEC)
 /* A refused call costs the caller this many requests of its rate: it is cheap to send and costs
  * us an audit record; a flood of them is slowed down far more than legitimate use. */
 #define DENIED_REQUEST_COST 20U
